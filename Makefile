@@ -1,0 +1,73 @@
+# ModelOps Operator: `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the project with its test and dev tools
+
+test: $(STAMP) ## Run the whole offline test suite (unit, integration, e2e)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: $(STAMP) ## Run the unit tests only
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: $(STAMP) ## Lint and check formatting with ruff
+	$(VENV)/bin/ruff check operator tests
+	$(VENV)/bin/ruff format --check operator tests
+
+format: $(STAMP) ## Format the code with ruff
+	$(VENV)/bin/ruff check --fix operator tests
+	$(VENV)/bin/ruff format operator tests
+
+typecheck: $(STAMP) ## Type-check the package with mypy (strict)
+	$(VENV)/bin/mypy
+
+crds: $(STAMP) ## Regenerate crds/*.yaml from the API models
+	$(PY) -m modelops crds
+
+verify-crds: $(STAMP) ## Fail if crds/*.yaml differ from what the models generate
+	$(PY) -m modelops crds --check
+
+run: $(STAMP) ## Run the operator against the current kubeconfig
+	$(PY) -m modelops run
+
+demo: $(STAMP) ## The whole loop on this machine, no cluster needed
+	$(PY) -m modelops local demo
+
+bench: $(STAMP) ## Print the benchmarks (drift statistics)
+	$(PY) tests/bench/bench_drift.py
+
+bench-drift: bench ## Drift benchmark only
+
+deploy: ## Install the operator on the current cluster (kubectl apply -k)
+	kubectl apply -k manifests/overlays/prod
+
+undeploy: ## Remove the operator (CRDs and their objects included)
+	kubectl delete -k manifests/overlays/prod
+
+images: ## Build the operator and runtime images (needs a Docker engine)
+	docker build -f images/operator/Dockerfile -t modelops-operator:dev .
+	docker build -f images/runtime/Dockerfile -t modelops-runtime:dev .
+
+e2e-kind: $(STAMP) ## Run the real-cluster tests (needs Docker and kind)
+	$(PY) -m pip install --quiet -e '.[kind]'
+	$(PY) -m pytest -m kind tests/kind
+
+clean: ## Remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .modelops
+
+.PHONY: help install test unit lint format typecheck crds verify-crds run demo bench bench-drift deploy undeploy images e2e-kind clean

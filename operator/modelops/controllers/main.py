@@ -1,0 +1,90 @@
+"""Operator start-up: settings, storage, metrics, and the Kopf run loop."""
+
+from __future__ import annotations
+
+import logging
+import os
+from functools import cache
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from modelops import GROUP
+from modelops.controllers.cluster import Cluster
+from modelops.settings import Settings
+from modelops.storage import ArtifactStore
+
+
+@cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+class Runtime:
+    """What handlers share: the API client and the artifact store, made at start-up."""
+
+    cluster: Cluster
+    store: ArtifactStore
+
+
+runtime = Runtime()
+
+
+def operator_store(config: Settings) -> ArtifactStore:
+    """The operator's own store client; its credentials come from its own environment."""
+    try:
+        access, secret = os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]
+    except KeyError as exc:
+        raise kopf.PermanentError(f"object-store credentials missing: {exc} not set") from None
+    return ArtifactStore(config.s3_endpoint, access, secret, secure=config.s3_secure)
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
+    config = get_settings()
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 60
+    settings.watching.client_timeout = 70
+    settings.networking.request_timeout = 30
+    runtime.cluster = Cluster.login(settings)
+    runtime.store = operator_store(config)
+    if config.metrics_port:
+        start_http_server(config.metrics_port)
+    logger.info(
+        "modelops operator configured: store=%s bucket=%s metrics=:%s",
+        config.s3_endpoint,
+        config.bucket,
+        config.metrics_port,
+    )
+
+
+@kopf.on.cleanup()
+async def close(**_: Any) -> None:
+    if hasattr(runtime, "cluster"):
+        await runtime.cluster.close()
+
+
+def run_operator(*, verbose: bool = False) -> int:
+    import modelops.controllers.modelversion
+    import modelops.controllers.trainingrun  # noqa: F401 - registers the handlers
+
+    config = get_settings()
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    namespaces = [n for n in config.namespaces.split(",") if n]
+    liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None
+    kopf.run(
+        standalone=True,
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=liveness,
+    )
+    return 0

@@ -1,0 +1,41 @@
+"""The operator's Prometheus metrics (served on MODELOPS_METRICS_PORT at /metrics)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import Counter, Histogram
+
+RECONCILES = Counter("modelops_reconcile_total", "Reconciliations run", ["kind"])
+RECONCILE_ERRORS = Counter(
+    "modelops_reconcile_errors_total", "Reconciliations that raised", ["kind"]
+)
+RECONCILE_SECONDS = Histogram(
+    "modelops_reconcile_duration_seconds",
+    "Time spent in one reconciliation",
+    ["kind"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+JOBS_CREATED = Counter("modelops_jobs_created_total", "Training Jobs created")
+RUNS_FINISHED = Counter(
+    "modelops_training_runs_finished_total", "TrainingRuns finished", ["outcome"]
+)
+VERSIONS_REGISTERED = Counter(
+    "modelops_model_versions_registered_total", "ModelVersions created", ["model"]
+)
+
+
+@contextmanager
+def observed(kind: str) -> Iterator[None]:
+    """Count and time one reconciliation; errors are counted and re-raised."""
+    RECONCILES.labels(kind).inc()
+    start = time.perf_counter()
+    try:
+        yield
+    except Exception:
+        RECONCILE_ERRORS.labels(kind).inc()
+        raise
+    finally:
+        RECONCILE_SECONDS.labels(kind).observe(time.perf_counter() - start)

@@ -1,0 +1,148 @@
+"""TrainingRun controller: one Job per run, followed to the end, then a ModelVersion."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from modelops import API_VERSION, GROUP, VERSION
+from modelops.api.common import now_iso
+from modelops.api.trainingrun import TrainingRun
+from modelops.controllers.main import get_settings, runtime
+from modelops.controllers.metrics import JOBS_CREATED, RUNS_FINISHED, VERSIONS_REGISTERED, observed
+from modelops.controllers.status import StatusWriter
+from modelops.resources import modelversion as mv_builder
+from modelops.resources.common import MODEL_LABEL, RUN_UID_LABEL
+from modelops.resources.training import (
+    gate_failures,
+    job_outcome,
+    metrics_summary,
+    output_uri,
+    training_job,
+)
+from modelops.storage import ArtifactError, Location
+
+TERMINAL = ("Succeeded", "Failed")
+
+
+def _active(status: kopf.Status, **_: Any) -> bool:
+    return status.get("phase") not in TERMINAL
+
+
+@kopf.on.resume(GROUP, VERSION, "trainingruns")
+@kopf.on.create(GROUP, VERSION, "trainingruns")
+@kopf.on.update(GROUP, VERSION, "trainingruns", field="spec")
+@kopf.timer(GROUP, VERSION, "trainingruns", interval=get_settings().job_poll_seconds, when=_active)
+async def reconcile_training_run(
+    body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any
+) -> None:
+    with observed("TrainingRun"):
+        await _reconcile(body, patch, logger)
+
+
+async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) -> None:
+    status = StatusWriter(body, patch)
+    if body.get("status", {}).get("phase") in TERMINAL:
+        return
+    # 1: load and validate; a bad spec is reported, never retried
+    try:
+        run = TrainingRun.model_validate(dict(body))
+    except ValidationError as exc:
+        message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        status.set(phase="Failed", message=message)
+        status.condition("Ready", "False", "InvalidSpec", message)
+        return
+    config = get_settings()
+    # 2: the Job, created once (its name is deterministic, so a restart finds it again)
+    job = training_job(run, config)
+    kopf.adopt(job, owner=body)
+    observed_job, created = await runtime.cluster.create(job)
+    if created:
+        JOBS_CREATED.inc()
+        logger.info("created Job %s", job["metadata"]["name"])
+    status.set(jobName=job["metadata"]["name"])
+    if not body.get("status", {}).get("startTime"):
+        status.set(startTime=now_iso())
+    # 3: follow it
+    phase, reason = job_outcome(observed_job)
+    if phase in ("Pending", "Running"):
+        status.set(phase=phase)
+        status.condition("Ready", "False", reason, f"training Job is {phase.lower()}")
+        return
+    summary = await _summary(run)
+    if phase == "Failed":
+        _failed(status, reason, summary)
+        return
+    if not summary.get("ok"):
+        raise kopf.TemporaryError("the Job succeeded but its summary is not readable yet", delay=5)
+    # 4: report, and register when the gates pass
+    metrics: dict[str, float] = summary["metrics"]
+    status.set(
+        metrics=metrics,
+        metricsSummary=metrics_summary(metrics),
+        artifact=summary["artifact"],
+        profileUri=(summary.get("profile") or {}).get("uri"),
+    )
+    registration = run.spec.registration
+    failures = gate_failures(metrics, registration.min_metrics)
+    if not registration.enabled:
+        status.condition("Registered", "False", "RegistrationDisabled", "register.enabled is false")
+    elif failures:
+        status.condition("Registered", "False", "GatesNotMet", "; ".join(failures))
+    else:
+        name = await _register(run, summary, job)
+        status.set(modelVersion=name)
+        status.condition("Registered", "True", "Registered", f"registered as {name}")
+    status.set(phase="Succeeded", completionTime=now_iso(), message=metrics_summary(metrics))
+    status.condition("Ready", "True", "Succeeded", f"trained: {metrics_summary(metrics)}")
+    RUNS_FINISHED.labels("succeeded").inc()
+
+
+def _failed(status: StatusWriter, reason: str, summary: dict[str, Any]) -> None:
+    trainer_reason = summary.get("reason")
+    message = summary.get("message") or f"training Job failed ({reason})"
+    status.set(phase="Failed", completionTime=now_iso(), message=message)
+    status.condition("Ready", "False", trainer_reason or "JobFailed", message)
+    RUNS_FINISHED.labels("failed").inc()
+
+
+async def _summary(run: TrainingRun) -> dict[str, Any]:
+    """The trainer's summary.json, or {} when it wrote none (e.g. killed by the deadline)."""
+    prefix = Location.parse(output_uri(run, get_settings()))
+    loc = Location(prefix.bucket, f"{prefix.key}/summary.json")
+    try:
+        data = await asyncio.to_thread(runtime.store.get, loc)
+    except ArtifactError:
+        return {}
+    result: dict[str, Any] = json.loads(data)
+    return result
+
+
+async def _register(run: TrainingRun, summary: dict[str, Any], job: dict[str, Any]) -> str:
+    """Create the next ModelVersion, exactly once per run.
+
+    The run's uid label finds a version made before a restart; the API server's name
+    uniqueness settles races between runs of the same model (the loser takes the next number).
+    """
+    namespace = run.metadata["namespace"]
+    image = job["spec"]["template"]["spec"]["containers"][0]["image"]
+    for _attempt in range(20):
+        existing = await runtime.cluster.list(
+            API_VERSION, "ModelVersion", namespace, {MODEL_LABEL: run.spec.model}
+        )
+        mine = [
+            mv
+            for mv in existing
+            if mv["metadata"].get("labels", {}).get(RUN_UID_LABEL) == run.metadata["uid"]
+        ]
+        if mine:
+            return str(mine[0]["metadata"]["name"])
+        obj = mv_builder.model_version(run, summary, mv_builder.next_number(existing), image)
+        if await runtime.cluster.create_new(obj) is not None:
+            VERSIONS_REGISTERED.labels(run.spec.model).inc()
+            return str(obj["metadata"]["name"])
+    raise kopf.TemporaryError("could not pick a free ModelVersion number", delay=2)

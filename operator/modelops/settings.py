@@ -1,0 +1,26 @@
+"""Operator settings, read from the environment (``MODELOPS_*``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MODELOPS_")
+
+    runtime_image: str = "ghcr.io/modelops-dev/modelops-runtime:0.1.0"
+    """Image of trainer and server pods when a resource names none."""
+    s3_endpoint: str = "minio.modelops-system.svc:9000"
+    """host:port of the S3-compatible object store, as pods reach it."""
+    s3_secure: bool = False
+    bucket: str = "modelops"
+    credentials_secret: str = "modelops-s3"
+    """Secret (in each workload namespace) with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY."""
+    metrics_port: int = Field(default=8080, ge=0, le=65535)
+    """Prometheus /metrics; 0 disables."""
+    health_port: int = Field(default=8081, ge=0, le=65535)
+    """Kopf's liveness endpoint /healthz; 0 disables."""
+    namespaces: str = ""
+    """Comma-separated namespaces to watch; all namespaces when empty."""
+    job_poll_seconds: float = Field(default=5.0, gt=0)

@@ -1,0 +1,1 @@
+"""The trainer that runs inside a TrainingRun's Job pod (``python -m modelops train``)."""

@@ -1,0 +1,241 @@
+"""Fit, evaluate and store one model: the body of a TrainingRun's Job.
+
+Every expected failure (missing dataset, missing target, estimator not allowed, data that
+cannot be encoded) ends with exit code 2 and a one-line reason, written to stderr, to the
+termination log and to ``summary.json`` in the store, so the operator can report it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import skops.io as sio
+from pydantic import ValidationError
+from sklearn.base import BaseEstimator, is_classifier
+from sklearn.compose import ColumnTransformer
+from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, r2_score
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder
+
+from modelops.api.trainingrun import TrainingRunSpec
+from modelops.drift.profile import build_profile
+from modelops.storage import ArtifactError, ArtifactStore, Location, sha256_hex
+from modelops.training.estimators import EstimatorError, build
+
+MAX_CATEGORIES = 100
+"""A text column with more distinct values than this is not treated as categorical."""
+
+
+class TrainingError(Exception):
+    """An expected failure; ``reason`` is a CamelCase condition reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class Prepared:
+    frame: pd.DataFrame
+    target: pd.Series
+    features: list[str]
+    categorical: list[str]
+
+
+def read_dataset(data: bytes, uri: str, fmt: str | None) -> pd.DataFrame:
+    fmt = fmt or ("parquet" if uri.endswith((".parquet", ".pq")) else "csv")
+    try:
+        if fmt == "parquet":
+            return pd.read_parquet(io.BytesIO(data))
+        return pd.read_csv(io.BytesIO(data))
+    except Exception as exc:
+        raise TrainingError("InvalidDataset", f"cannot read {uri} as {fmt}: {exc}") from None
+
+
+def prepare(frame: pd.DataFrame, spec: TrainingRunSpec) -> Prepared:
+    ds = spec.dataset
+    if ds.target not in frame.columns:
+        raise TrainingError(
+            "MissingTarget",
+            f"target column {ds.target!r} is not in the dataset (columns: "
+            f"{', '.join(map(str, frame.columns[:20]))})",
+        )
+    features = ds.features or [str(c) for c in frame.columns if c != ds.target]
+    missing = [f for f in features if f not in frame.columns]
+    if missing:
+        raise TrainingError("MissingFeature", f"feature column(s) not in dataset: {missing}")
+    if not features:
+        raise TrainingError("InvalidDataset", "the dataset has no feature columns")
+    forced = set(ds.categorical or [])
+    categorical: list[str] = []
+    X = frame[features].copy()
+    for name in features:
+        col = X[name]
+        numeric = pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
+        if numeric and name not in forced:
+            if col.isna().any():
+                raise TrainingError(
+                    "UnencodableData", f"numeric column {name!r} has missing values"
+                )
+            continue
+        distinct = col.nunique(dropna=False)
+        if distinct > MAX_CATEGORIES:
+            raise TrainingError(
+                "UnencodableData",
+                f"column {name!r} is non-numeric with {distinct} distinct values "
+                f"(at most {MAX_CATEGORIES} can be encoded as categories)",
+            )
+        X[name] = col.astype(str)
+        categorical.append(name)
+    if len(frame) < 10:
+        raise TrainingError("InvalidDataset", f"the dataset has only {len(frame)} rows")
+    return Prepared(X, frame[ds.target], features, categorical)
+
+
+def make_model(spec: TrainingRunSpec, prepared: Prepared) -> BaseEstimator:
+    estimator = build(spec.estimator.name, dict(spec.estimator.params), spec.seed)
+    if not prepared.categorical:
+        return estimator
+    encode = ColumnTransformer(
+        [("categories", OneHotEncoder(handle_unknown="ignore"), prepared.categorical)],
+        remainder="passthrough",
+    )
+    return Pipeline([("encode", encode), ("estimator", estimator)])
+
+
+def evaluate(model: Any, classifier: bool, X: Any, y: Any) -> dict[str, float]:
+    predicted = model.predict(X)
+    if classifier:
+        return {
+            "accuracy": round(float(accuracy_score(y, predicted)), 6),
+            "f1": round(float(f1_score(y, predicted, average="macro")), 6),
+        }
+    return {
+        "r2": round(float(r2_score(y, predicted)), 6),
+        "mae": round(float(mean_absolute_error(y, predicted)), 6),
+    }
+
+
+def datatype(series: pd.Series, categorical: bool) -> str:
+    if categorical:
+        return "BYTES"
+    return "INT64" if pd.api.types.is_integer_dtype(series) else "FP64"
+
+
+def train(spec: TrainingRunSpec, store: ArtifactStore, output: Location) -> dict[str, Any]:
+    """Run the whole training; return the summary that was stored."""
+    source = Location.parse(spec.dataset.uri)
+    try:
+        raw = store.get(source)
+    except ArtifactError as exc:
+        raise TrainingError("DatasetMissing", str(exc)) from None
+    prepared = prepare(read_dataset(raw, spec.dataset.uri, spec.dataset.format), spec)
+    try:
+        model = make_model(spec, prepared)
+    except EstimatorError as exc:
+        raise TrainingError("EstimatorNotAllowed", str(exc)) from None
+    classifier = is_classifier(model)
+    X: Any = prepared.frame if prepared.categorical else prepared.frame.to_numpy(np.float64)
+    y = prepared.target.to_numpy()
+    stratify = y if classifier and pd.Series(y).value_counts().min() >= 2 else None
+    X_train, X_test, y_train, y_test = train_test_split(
+        X, y, test_size=spec.test_size, random_state=spec.seed, stratify=stratify
+    )
+    try:
+        model.fit(X_train, y_train)
+    except (TypeError, ValueError) as exc:
+        raise TrainingError("InvalidParams", f"fit failed: {exc}") from None
+    metrics = evaluate(model, classifier, X_test, y_test)
+
+    reference = pd.DataFrame(X_train, columns=prepared.features)
+    profile = build_profile(
+        reference,
+        categorical=prepared.categorical,
+        predictions=[str(p) for p in model.predict(X_train)] if classifier else None,
+    )
+    model_bytes = sio.dumps(model)
+    profile_bytes = json.dumps(profile, separators=(",", ":")).encode()
+    artifact = _put(store, output, "model.skops", model_bytes)
+    profile_ref = _put(store, output, "profile.json", profile_bytes)
+    store.put(Location(output.bucket, f"{output.key}/metrics.json"), json.dumps(metrics).encode())
+    classes = [str(c) for c in getattr(model, "classes_", [])] if classifier else None
+    summary: dict[str, Any] = {
+        "ok": True,
+        "task": "classification" if classifier else "regression",
+        "metrics": metrics,
+        "artifact": artifact,
+        "profile": profile_ref,
+        "signature": {
+            "task": "classification" if classifier else "regression",
+            "inputs": [
+                _feature(name, prepared.frame[name], name in prepared.categorical)
+                for name in prepared.features
+            ],
+            **({"classes": classes} if classes is not None else {}),
+        },
+        "dataset": {"uri": spec.dataset.uri, "sha256": sha256_hex(raw), "rows": len(y)},
+        "rows": {"train": len(y_train), "test": len(y_test)},
+    }
+    store.put(Location(output.bucket, f"{output.key}/summary.json"), json.dumps(summary).encode())
+    return summary
+
+
+def _feature(name: str, series: pd.Series, categorical: bool) -> dict[str, Any]:
+    feature: dict[str, Any] = {"name": name, "datatype": datatype(series, categorical)}
+    if categorical:
+        feature["categories"] = sorted(series.astype(str).unique().tolist())
+    return feature
+
+
+def _put(store: ArtifactStore, prefix: Location, name: str, data: bytes) -> dict[str, Any]:
+    loc = Location(prefix.bucket, f"{prefix.key}/{name}")
+    return {"uri": loc.uri, "sha256": store.put(loc, data), "size": len(data)}
+
+
+def _write_termination(path: Path | None, summary: dict[str, Any]) -> None:
+    if path is None:
+        return
+    # Kubernetes keeps at most 4096 bytes of a termination message: keep the small parts.
+    small = {
+        k: summary[k] for k in ("ok", "reason", "message", "metrics", "artifact") if k in summary
+    }
+    # Outside a pod the path may not exist; the store has the summary anyway.
+    with contextlib.suppress(OSError):
+        path.write_text(json.dumps(small)[:4096])
+
+
+def main(spec_json: str, output_uri: str, termination_log: Path | None) -> int:
+    output = Location.parse(output_uri.rstrip("/"))
+    store: ArtifactStore | None = None
+    try:
+        try:
+            spec = TrainingRunSpec.model_validate_json(spec_json)
+        except ValidationError as exc:
+            raise TrainingError("InvalidSpec", str(exc).replace("\n", "; ")) from None
+        store = ArtifactStore.from_env()
+        summary = train(spec, store, output)
+    except (TrainingError, ArtifactError) as exc:
+        failure = {"ok": False, "reason": exc.reason, "message": str(exc)}
+        print(f"training failed: {exc.reason}: {exc}", file=sys.stderr)
+        if store is not None:
+            try:
+                store.put(
+                    Location(output.bucket, f"{output.key}/summary.json"),
+                    json.dumps(failure).encode(),
+                )
+            except Exception as put_exc:
+                print(f"could not store the failure summary: {put_exc}", file=sys.stderr)
+        _write_termination(termination_log, failure)
+        return 2
+    _write_termination(termination_log, summary)
+    print(json.dumps({k: summary[k] for k in ("metrics", "artifact")}))
+    return 0
