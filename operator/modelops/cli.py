@@ -21,8 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--output", required=True, help="s3://bucket/prefix for the artifacts")
     train.add_argument("--termination-log", type=Path, default=Path("/dev/termination-log"))
 
-    serve = sub.add_parser("serve", help="serve models over the Open Inference Protocol")
-    serve.add_argument("--port", type=int, default=8080)
+    sub.add_parser("serve", help="serve models over the Open Inference Protocol (see serve -h)")
 
     crds = sub.add_parser("crds", help="write the CRDs generated from the API models")
     crds.add_argument("--out", type=Path, default=DEFAULT_CRD_DIR)
@@ -34,6 +33,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        print("modelops serve: not yet implemented (see issue 3)", file=sys.stderr)
+        return 2
     args = _parser().parse_args(argv)
     if args.command == "run":
         from modelops.controllers.main import run_operator
@@ -43,9 +46,6 @@ def main(argv: list[str] | None = None) -> int:
         from modelops.training.trainer import main as train_main
 
         return train_main(args.spec, args.output, args.termination_log)
-    if args.command == "serve":
-        print("modelops serve: not yet implemented (see issue 3)", file=sys.stderr)
-        return 2
     if args.command == "crds":
         return _crds(args.out, args.check)
     print("modelops local: not yet implemented (see issue 5)", file=sys.stderr)

@@ -24,3 +24,8 @@ class Settings(BaseSettings):
     namespaces: str = ""
     """Comma-separated namespaces to watch; all namespaces when empty."""
     job_poll_seconds: float = Field(default=5.0, gt=0)
+    """How often a running TrainingRun looks at its Job."""
+    rollout_poll_seconds: float = Field(default=2.0, gt=0)
+    """How often a Deployment checks its canary (steps, monitors, error rate)."""
+    drift_poll_seconds: float = Field(default=1.0, gt=0)
+    """How often DriftMonitors wake; each checks on its own spec.interval."""

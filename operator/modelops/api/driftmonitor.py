@@ -54,7 +54,8 @@ DriftPhase = Literal["Pending", "Healthy", "Drifted", "InsufficientData"]
 class FeatureScore(Model):
     name: str
     method: str
-    score: float
+    score: float | None = None
+    """None when either side has no values."""
     threshold: float
     drifted: bool
 
@@ -68,6 +69,7 @@ class DriftMonitorStatus(Model):
     features: list[FeatureScore] = Field(default_factory=list)
     firings: int = 0
     last_fired_time: str | None = None
+    retrains: int = 0
     last_retrain: str | None = None
     last_retrain_time: str | None = None
     message: str | None = None

@@ -28,6 +28,7 @@ _PLURALS = {
     "ServiceAccount": "serviceaccounts",
     "HTTPRoute": "httproutes",
     "Pod": "pods",
+    "Event": "events",
     "TrainingRun": "trainingruns",
     "ModelVersion": "modelversions",
     "DriftMonitor": "driftmonitors",
@@ -149,6 +150,17 @@ class Cluster:
         if existing is None:
             raise ApiError(409, f"{obj['kind']} {meta['name']} conflicts but cannot be read")
         return existing, False
+
+    async def apply(self, obj: JsonDict) -> JsonDict:
+        """Create the object, or merge its desired fields into the existing one."""
+        current, created = await self.create(obj)
+        if created:
+            return current
+        desired = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "status")}
+        meta = obj["metadata"]
+        return await self.patch(
+            obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"], desired
+        )
 
     async def create_new(self, obj: JsonDict) -> JsonDict | None:
         """Create the object; None when the name is taken (the API server decides races)."""

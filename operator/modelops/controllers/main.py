@@ -71,6 +71,8 @@ async def close(**_: Any) -> None:
 
 
 def run_operator(*, verbose: bool = False) -> int:
+    import modelops.controllers.deployment
+    import modelops.controllers.driftmonitor
     import modelops.controllers.modelversion
     import modelops.controllers.trainingrun  # noqa: F401 - registers the handlers
 

@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 RECONCILES = Counter("modelops_reconcile_total", "Reconciliations run", ["kind"])
 RECONCILE_ERRORS = Counter(
@@ -39,3 +39,24 @@ def observed(kind: str) -> Iterator[None]:
         raise
     finally:
         RECONCILE_SECONDS.labels(kind).observe(time.perf_counter() - start)
+
+
+CANARY_WEIGHT = Gauge(
+    "modelops_canary_weight",
+    "Percent of requests each served version answers",
+    ["namespace", "deployment", "version"],
+)
+ROLLBACKS = Counter(
+    "modelops_rollbacks_total", "Canaries rolled back", ["namespace", "deployment", "reason"]
+)
+DRIFT_SCORE = Gauge(
+    "modelops_drift_score",
+    "Latest drift score per feature",
+    ["namespace", "monitor", "feature", "method"],
+)
+DRIFT_DETECTED = Gauge(
+    "modelops_drift_detected", "1 while the monitor finds dataset drift", ["namespace", "monitor"]
+)
+RETRAINS = Counter(
+    "modelops_retrains_total", "TrainingRuns created by drift monitors", ["namespace", "monitor"]
+)

@@ -29,9 +29,8 @@ def _deletes_artifacts(spec: kopf.Spec, **_: Any) -> bool:
     return spec.get("deletionPolicy") == "Delete"
 
 
-@kopf.on.resume(GROUP, VERSION, "modelversions")
-@kopf.on.create(GROUP, VERSION, "modelversions")
-@kopf.on.update(GROUP, VERSION, "modelversions", field="spec")
+# One level-triggered path per object: a timer fires at once for new and resumed objects,
+# and event handlers stacked beside it would run concurrently with it on the same object.
 @kopf.timer(GROUP, VERSION, "modelversions", interval=REVERIFY_SECONDS, when=_not_ready)
 async def reconcile_model_version(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     with observed("ModelVersion"):

@@ -33,9 +33,8 @@ def _active(status: kopf.Status, **_: Any) -> bool:
     return status.get("phase") not in TERMINAL
 
 
-@kopf.on.resume(GROUP, VERSION, "trainingruns")
-@kopf.on.create(GROUP, VERSION, "trainingruns")
-@kopf.on.update(GROUP, VERSION, "trainingruns", field="spec")
+# One level-triggered path per object: a timer fires at once for new and resumed objects,
+# and event handlers stacked beside it would run concurrently with it on the same object.
 @kopf.timer(GROUP, VERSION, "trainingruns", interval=get_settings().job_poll_seconds, when=_active)
 async def reconcile_training_run(
     body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any

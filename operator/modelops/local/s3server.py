@@ -101,6 +101,8 @@ class S3Server:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"weed mini exited: see {self.data_dir / 'weed.log'}")
             try:
+                # A plain connect first: the minio client would log retries while it is down.
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
                 store.client.list_buckets()
                 return
             except Exception as exc:

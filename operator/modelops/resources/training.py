@@ -62,7 +62,7 @@ def training_job(run: TrainingRun, settings: Settings) -> dict[str, Any]:
             "activeDeadlineSeconds": spec.active_deadline_seconds,
             "ttlSecondsAfterFinished": spec.ttl_seconds_after_finished,
             "template": {
-                "metadata": {"labels": pod_labels},
+                "metadata": {"labels": dict(pod_labels)},
                 "spec": {
                     "restartPolicy": "Never",
                     "automountServiceAccountToken": False,

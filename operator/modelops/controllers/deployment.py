@@ -1,0 +1,247 @@
+"""Deployment controller: serve the stable version, walk a canary through its steps, roll back."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import time
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from modelops import API_VERSION, GROUP, VERSION
+from modelops.api.common import now_iso
+from modelops.api.deployment import Deployment
+from modelops.controllers.main import get_settings, runtime
+from modelops.controllers.metrics import CANARY_WEIGHT, ROLLBACKS, observed
+from modelops.controllers.status import StatusWriter
+from modelops.resources import serving
+from modelops.rollout import HISTORY_LIMIT, Facts, State, Version, plan
+from modelops.storage import Location
+
+ACTION_ANNOTATION = f"{GROUP}/action"
+REPORT_FRESH_SECONDS = 30.0
+"""A serving pod's report older than this is ignored (the pod is gone or stuck)."""
+
+
+def _version(mv: dict[str, Any]) -> Version:
+    spec = mv["spec"]
+    ready = mv.get("status", {}).get("phase") == "Ready"
+    return Version(mv["metadata"]["name"], int(spec["version"]), ready, spec.get("metrics", {}))
+
+
+def parse_time(text: str) -> float:
+    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
+
+
+def iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# One level-triggered path per object: a timer fires at once for new and resumed objects,
+# and event handlers stacked beside it would run concurrently with it on the same object.
+@kopf.timer(GROUP, VERSION, "deployments", interval=get_settings().rollout_poll_seconds)
+async def reconcile_deployment(
+    body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any
+) -> None:
+    with observed("Deployment"):
+        await _reconcile(body, patch, logger)
+
+
+async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) -> None:
+    status = StatusWriter(body, patch)
+    # 1: load and validate
+    try:
+        dep = Deployment.model_validate(dict(body))
+    except ValidationError as exc:
+        message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        status.set(phase="Degraded", message=message)
+        status.condition("Ready", "False", "InvalidSpec", message)
+        return
+    name, namespace = dep.metadata["name"], dep.metadata["namespace"]
+    current = dict(body.get("status", {}))
+    state = State.from_status(current, parse_time)
+
+    # 2: the facts the rollout depends on
+    specs = await _version_specs(namespace, dep.spec.model)
+    facts = Facts(
+        versions=[_version(mv) for mv in specs.values()],
+        canary_loaded=bool(state.canary) and await _pods_loaded(namespace, name, state.canary),
+        firing_monitors=await _firing_monitors(dep, state.canary) if state.canary else [],
+        action=body.get("metadata", {}).get("annotations", {}).get(ACTION_ANNOTATION),
+        **await _canary_counts(namespace, name, state),
+    )
+
+    # 3: decide
+    result = plan(dep.spec, state, facts, time.time())
+    new = result.state
+    if facts.action:
+        patch.metadata.setdefault("annotations", {})[ACTION_ANNOTATION] = None
+
+    # 4: own and apply the children
+    routes = [serving.Route(v, role, w, specs[v]["spec"]) for v, role, w in result.routes()]
+    ready_replicas = None
+    if routes:
+        wanted = serving.children(dep, routes, get_settings())
+        for child in wanted:
+            kopf.adopt(child, owner=body)
+            await runtime.cluster.apply(child)
+        await _prune(dep, {c["metadata"]["name"] for c in wanted})
+        ready_replicas = await _ready_replicas(dep, [v for v, _, _ in result.routes()])
+
+    # 5: report
+    for event in result.events:
+        _record(status, current, event.reason, event.message, event.version)
+        if event.reason in ("DriftDetected", "ErrorRateExceeded", "ManualAbort"):
+            ROLLBACKS.labels(namespace, name, event.reason).inc()
+    for version, _, weight in result.routes():
+        CANARY_WEIGHT.labels(namespace, name, version).set(weight)
+    if new.canary and not new.canary_active:
+        CANARY_WEIGHT.labels(namespace, name, new.canary).set(0)
+    status.set(
+        phase=new.phase,
+        stableVersion=new.stable,
+        canaryVersion=new.canary,
+        canaryWeight=new.weight,
+        step=new.step,
+        stepStartedAt=iso(new.step_started) if new.step_started else None,
+        rejectedVersions=list(new.rejected),
+        readyReplicas=ready_replicas,
+        url=serving.url(dep) if dep.spec.routing == "model" else None,
+        message=result.waiting or (result.events[-1].message if result.events else None),
+    )
+    _conditions(status, dep, new.phase, result.waiting, ready_replicas, new.stable)
+
+
+def _record(
+    status: StatusWriter, current: dict[str, Any], reason: str, message: str, version: str | None
+) -> None:
+    history = list(status.patch.status.get("history") or current.get("history") or [])
+    entry = {"time": now_iso(), "event": reason, "version": version, "reason": reason}
+    history.append({**entry, "message": message})
+    status.set(history=history[-HISTORY_LIMIT:])
+    if reason in ("DriftDetected", "ErrorRateExceeded", "ManualAbort", "CanaryRemoved"):
+        kopf.warn(status.body, reason="RolledBack", message=message)
+    else:
+        kopf.info(status.body, reason=reason, message=message)
+
+
+def _conditions(
+    status: StatusWriter,
+    dep: Deployment,
+    phase: str,
+    waiting: str,
+    ready: int | None,
+    stable: str | None,
+) -> None:
+    if stable is None:
+        status.condition("Ready", "False", "NoReadyVersion", waiting, event=False)
+        status.condition("Progressing", "True", "WaitingForVersion", waiting, event=False)
+        status.condition("Degraded", "False", "NoReadyVersion", waiting, event=False)
+        return
+    serving_ok = ready is not None and ready >= dep.spec.replicas
+    if serving_ok:
+        status.condition("Ready", "True", "Serving", f"{stable} served", event=False)
+    else:
+        status.condition(
+            "Ready", "False", "PodsNotReady", f"{ready or 0}/{dep.spec.replicas} ready", event=False
+        )
+    if phase == "Progressing":
+        status.condition("Progressing", "True", "CanaryProgressing", waiting, event=False)
+    else:
+        status.condition("Progressing", "False", phase, "", event=False)
+    if phase == "RolledBack":
+        status.condition("Degraded", "True", "RolledBack", "canary rolled back", event=False)
+    else:
+        status.condition("Degraded", "False", "AsExpected", "", event=False)
+
+
+async def _version_specs(namespace: str, model: str) -> dict[str, dict[str, Any]]:
+    """The model's ModelVersions by name (those made by hand carry no label: filter on spec)."""
+    items = await runtime.cluster.list(API_VERSION, "ModelVersion", namespace, {})
+    return {mv["metadata"]["name"]: mv for mv in items if mv.get("spec", {}).get("model") == model}
+
+
+async def _pods_loaded(namespace: str, deployment: str, version: str | None) -> bool:
+    """Every fresh serving-pod report lists the version as loaded (and there is one)."""
+    bucket = get_settings().bucket
+    prefix = Location(bucket, f"{namespace}/serving/{deployment}/pods/")
+    keys = await asyncio.to_thread(runtime.store.list, prefix)
+    fresh = []
+    for key in keys:
+        report = json.loads(await asyncio.to_thread(runtime.store.get, Location(bucket, key)))
+        if time.time() - float(report.get("time", 0)) < REPORT_FRESH_SECONDS:
+            fresh.append(report)
+    return bool(fresh) and all(version in r.get("loaded", []) for r in fresh)
+
+
+async def _firing_monitors(dep: Deployment, canary: str | None) -> list[tuple[str, str]]:
+    """DriftMonitors that say the canary drifted: named in the spec, or aimed here with rollback."""
+    named = set(dep.spec.rollback.drift_monitors)
+    firing = []
+    for monitor in await runtime.cluster.list(
+        API_VERSION, "DriftMonitor", dep.metadata["namespace"], {}
+    ):
+        spec, mstatus = monitor.get("spec", {}), monitor.get("status", {})
+        mine = monitor["metadata"]["name"] in named or (
+            spec.get("deployment") == dep.metadata["name"] and spec.get("action") == "rollback"
+        )
+        drifted: dict[str, Any] = next(
+            (c for c in mstatus.get("conditions", []) if c.get("type") == "Drifted"), {}
+        )
+        if mine and drifted.get("status") == "True" and mstatus.get("version") == canary:
+            firing.append((monitor["metadata"]["name"], drifted.get("message", "")))
+    return firing
+
+
+async def _canary_counts(namespace: str, deployment: str, state: State) -> dict[str, int]:
+    """Requests and errors the canary answered since its current step began."""
+    if not state.canary_active or state.step is None or state.step_started is None:
+        return {"canary_requests": 0, "canary_errors": 0}
+    bucket = get_settings().bucket
+    prefix = Location(bucket, f"{namespace}/sketches/{deployment}/{state.canary}/")
+    requests = errors = 0
+    for key in await asyncio.to_thread(runtime.store.list, prefix):
+        start = key.rsplit("/", 1)[-1].split("-", 1)[0]
+        if not start.isdigit() or int(start) + 60 < state.step_started:
+            continue
+        window = json.loads(await asyncio.to_thread(runtime.store.get, Location(bucket, key)))
+        if float(window.get("end", 0)) < state.step_started:
+            continue
+        requests += int(window.get("requests", 0))
+        errors += int(window.get("errors", 0))
+    return {"canary_requests": requests, "canary_errors": errors}
+
+
+async def _ready_replicas(dep: Deployment, versions: list[str]) -> int:
+    """Ready serving pods: of the one server (model routing) or the fewest of any version."""
+    name, namespace = dep.metadata["name"], dep.metadata["namespace"]
+    names = (
+        [serving.server_name(name)]
+        if dep.spec.routing == "model"
+        else [serving.server_name(name, v) for v in versions]
+    )
+    counts = []
+    for server in names:
+        obj = await runtime.cluster.get("apps/v1", "Deployment", namespace, server)
+        counts.append(int((obj or {}).get("status", {}).get("readyReplicas") or 0))
+    return min(counts, default=0)
+
+
+async def _prune(dep: Deployment, keep: set[str]) -> None:
+    """Delete owned children no longer wanted (a gateway-mode version that left the table)."""
+    namespace = dep.metadata["namespace"]
+    selector = {serving.DEPLOYMENT_LABEL: dep.metadata["name"]}
+    for api_version, kind in (
+        ("apps/v1", "Deployment"),
+        ("v1", "Service"),
+        ("v1", "ConfigMap"),
+        ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+    ):
+        if kind == "HTTPRoute" and dep.spec.routing != "gateway":
+            continue
+        for obj in await runtime.cluster.list(api_version, kind, namespace, selector):
+            if obj["metadata"]["name"] not in keep:
+                await runtime.cluster.delete(api_version, kind, namespace, obj["metadata"]["name"])

@@ -1,0 +1,248 @@
+"""The Deployment controller with the real operator: children, steps, promotion, rollbacks."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from modelops import API_VERSION
+from modelops.controllers.cluster import Cluster
+from modelops.local.s3server import S3Server
+from modelops.storage import Location
+from support.models import model_version, train_version
+from support.operator import OperatorProcess, condition, eventually
+
+pytestmark = pytest.mark.integration
+NS = "default"
+
+
+@pytest.fixture(scope="module")
+def summaries(s3: S3Server) -> dict[int, dict[str, Any]]:
+    store = s3.store()
+    return {n: train_version(store, n) for n in (1, 2)}
+
+
+async def add_version(cluster: Cluster, summaries: dict[int, dict[str, Any]], n: int) -> None:
+    await cluster.create(model_version(summaries[n], n))
+
+    async def ready() -> bool:
+        mv = await cluster.get(API_VERSION, "ModelVersion", NS, f"iris-v{n}")
+        return bool(mv and mv.get("status", {}).get("phase") == "Ready")
+
+    await eventually(ready, what=f"iris-v{n} Ready")
+
+
+def deployment(steps: list[dict[str, Any]] | None = None, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": "iris", "replicas": 1, **spec}
+    if steps is not None:
+        body["canary"] = {"version": "latest", "steps": steps}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Deployment",
+        "metadata": {"name": "iris", "namespace": NS},
+        "spec": body,
+    }
+
+
+async def get_dep(cluster: Cluster) -> dict[str, Any]:
+    dep = await cluster.get(API_VERSION, "Deployment", NS, "iris")
+    assert dep is not None
+    return dep
+
+
+async def wait_status(cluster: Cluster, what: str, **expected: Any) -> dict[str, Any]:
+    async def probe() -> dict[str, Any] | None:
+        dep = await get_dep(cluster)
+        status = dep.get("status", {})
+        return dep if all(status.get(k) == v for k, v in expected.items()) else None
+
+    return await eventually(probe, what=what, timeout=45)
+
+
+async def routing(cluster: Cluster) -> dict[str, int]:
+    cm = await cluster.get("v1", "ConfigMap", NS, "iris-routing")
+    assert cm is not None
+    table = json.loads(cm["data"]["routing.json"])
+    return {v["name"]: v["weight"] for v in table["versions"]}
+
+
+def report_pods_loaded(s3: S3Server, *versions: str) -> None:
+    """What each serving pod writes: the versions it has loaded and verified."""
+    report = {"pod": "iris-server-0", "time": time.time(), "loaded": list(versions)}
+    s3.store().put(
+        Location("modelops", f"{NS}/serving/iris/pods/iris-server-0.json"),
+        json.dumps(report).encode(),
+    )
+
+
+async def start_canary(
+    cluster: Cluster, s3: S3Server, summaries: dict[int, dict[str, Any]], steps: list[dict]
+) -> None:
+    await add_version(cluster, summaries, 1)
+    await cluster.create(deployment(steps))
+    await wait_status(cluster, "stable iris-v1", stableVersion="iris-v1")
+    await add_version(cluster, summaries, 2)
+    await wait_status(cluster, "canary loading", canaryVersion="iris-v2", canaryWeight=0)
+    report_pods_loaded(s3, "iris-v1", "iris-v2")
+    await wait_status(cluster, "canary at step 1", canaryWeight=steps[0]["weight"], step=0)
+
+
+async def test_stable_version_gets_valid_children(
+    cluster: Cluster, operator: OperatorProcess, summaries: dict[int, dict[str, Any]]
+) -> None:
+    await add_version(cluster, summaries, 1)
+    await cluster.create(deployment())
+    dep = await wait_status(cluster, "stable", phase="Stable", stableVersion="iris-v1")
+    assert dep["status"]["url"] == "http://iris.default.svc:8080/v2/models/iris"
+    assert await routing(cluster) == {"iris-v1": 100}
+
+    children = [
+        ("v1", "ServiceAccount", "iris-server"),
+        ("rbac.authorization.k8s.io/v1", "Role", "iris-server"),
+        ("rbac.authorization.k8s.io/v1", "RoleBinding", "iris-server"),
+        ("v1", "ConfigMap", "iris-routing"),
+        ("apps/v1", "Deployment", "iris-server"),
+        ("v1", "Service", "iris"),
+    ]
+    for api_version, kind, name in children:
+        obj = await cluster.get(api_version, kind, NS, name)
+        assert obj is not None, f"{kind} {name} missing"
+        assert obj["metadata"]["ownerReferences"][0]["uid"] == dep["metadata"]["uid"]
+        clean = copy.deepcopy(obj)
+        for field in ("uid", "resourceVersion", "creationTimestamp", "generation"):
+            clean["metadata"].pop(field, None)
+        clean.pop("status", None)
+        kubernetes_validate.validate(clean, "1.32", strict=True)
+    role = await cluster.get("rbac.authorization.k8s.io/v1", "Role", NS, "iris-server")
+    assert role is not None
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": ["iris-routing"],
+            "verbs": ["get", "list", "watch"],
+        }
+    ]
+
+
+async def test_canary_walks_its_steps_then_is_promoted(
+    cluster: Cluster, operator: OperatorProcess, s3: S3Server, summaries: dict
+) -> None:
+    steps = [{"weight": 10, "pause": "1s"}, {"weight": 50, "pause": "1s"}]
+    await start_canary(cluster, s3, summaries, steps)
+    assert await routing(cluster) == {"iris-v1": 90, "iris-v2": 10}
+    await wait_status(cluster, "step 2", canaryWeight=50, step=1)
+    dep = await wait_status(cluster, "promoted", phase="Promoted", stableVersion="iris-v2")
+    assert dep["status"].get("canaryVersion") is None
+    assert await routing(cluster) == {"iris-v2": 100}
+    events = [h["event"] for h in dep["status"]["history"]]
+    assert events == ["StableSelected", "CanaryStarted", "CanaryStep", "CanaryStep", "Promoted"]
+
+
+async def test_drifted_monitor_rolls_the_canary_back(
+    cluster: Cluster, operator: OperatorProcess, s3: S3Server, summaries: dict
+) -> None:
+    await start_canary(cluster, s3, summaries, [{"weight": 20, "pause": "1h"}])
+    monitor = {
+        "apiVersion": API_VERSION,
+        "kind": "DriftMonitor",
+        "metadata": {"name": "iris-drift", "namespace": NS},
+        "spec": {"deployment": "iris", "action": "rollback", "interval": "1h"},
+    }
+    await cluster.create(monitor)
+
+    async def checked_once() -> bool:
+        obj = await cluster.get(API_VERSION, "DriftMonitor", NS, "iris-drift")
+        return bool(obj and obj.get("status", {}).get("lastCheckTime"))
+
+    # Its own first check would overwrite what we write; then interval 1h keeps it quiet.
+    await eventually(checked_once, what="the monitor's first check")
+    drifted = {
+        "type": "Drifted",
+        "status": "True",
+        "reason": "DriftDetected",
+        "message": "3/4 features drifted",
+        "lastTransitionTime": "2026-01-01T00:00:00Z",
+    }
+    await cluster.patch(
+        API_VERSION,
+        "DriftMonitor",
+        NS,
+        "iris-drift",
+        {"status": {"version": "iris-v2", "conditions": [drifted]}},
+        subresource="status",
+    )
+    dep = await wait_status(cluster, "rolled back", phase="RolledBack")
+    status = dep["status"]
+    assert (status["canaryWeight"], status["rejectedVersions"]) == (0, ["iris-v2"])
+    assert status["stableVersion"] == "iris-v1"
+    assert await routing(cluster) == {"iris-v1": 100}
+    last = status["history"][-1]
+    assert (
+        last["reason"] == "DriftDetected" and "iris-drift: 3/4 features drifted" in last["message"]
+    )
+    assert condition(dep, "Degraded")["status"] == "True"
+
+
+async def test_canary_error_rate_over_the_limit_rolls_back(
+    cluster: Cluster, operator: OperatorProcess, s3: S3Server, summaries: dict
+) -> None:
+    await add_version(cluster, summaries, 1)
+    spec = deployment([{"weight": 30, "pause": "1h"}], rollback={"maxErrorRate": 0.05,
+                                                                  "minSamples": 50})  # fmt: skip
+    await cluster.create(spec)
+    await wait_status(cluster, "stable", stableVersion="iris-v1")
+    await add_version(cluster, summaries, 2)
+    await wait_status(cluster, "loading", canaryVersion="iris-v2", canaryWeight=0)
+    report_pods_loaded(s3, "iris-v1", "iris-v2")
+    await wait_status(cluster, "step 1", canaryWeight=30)
+    now = time.time()
+    window = {"start": now, "end": now + 1, "requests": 80, "errors": 12}
+    s3.store().put(
+        Location("modelops", f"{NS}/sketches/iris/iris-v2/{int(now)}-iris-server-0.json"),
+        json.dumps(window).encode(),
+    )
+    dep = await wait_status(cluster, "rolled back", phase="RolledBack")
+    assert "error rate 0.150 > 0.05 over 80 requests" in dep["status"]["history"][-1]["message"]
+
+
+@pytest.mark.parametrize(("action", "phase"), [("promote", "Promoted"), ("abort", "RolledBack")])
+async def test_manual_action_annotation_is_obeyed_and_cleared(
+    cluster: Cluster,
+    operator: OperatorProcess,
+    s3: S3Server,
+    summaries: dict,
+    action: str,
+    phase: str,
+) -> None:
+    await start_canary(cluster, s3, summaries, [{"weight": 10, "pause": "1h"}])
+    await cluster.patch(
+        API_VERSION,
+        "Deployment",
+        NS,
+        "iris",
+        {"metadata": {"annotations": {"modelops.dev/action": action}}},
+    )
+    dep = await wait_status(cluster, phase, phase=phase)
+    assert "modelops.dev/action" not in dep["metadata"].get("annotations", {})
+
+
+async def test_restart_mid_step_resumes_without_skipping_or_repeating(
+    cluster: Cluster, operator: OperatorProcess, s3: S3Server, summaries: dict
+) -> None:
+    steps = [{"weight": 10, "pause": "4s"}, {"weight": 40, "pause": "1h"}]
+    await start_canary(cluster, s3, summaries, steps)
+    before = (await get_dep(cluster))["status"]
+    operator.stop()
+    operator.start()
+    dep = await wait_status(cluster, "step 2 after restart", step=1, canaryWeight=40)
+    history = [h["event"] for h in dep["status"]["history"]]
+    assert history.count("CanaryStep") == 2
+    started = time.mktime(time.strptime(before["stepStartedAt"], "%Y-%m-%dT%H:%M:%SZ"))
+    advanced = time.mktime(time.strptime(dep["status"]["stepStartedAt"], "%Y-%m-%dT%H:%M:%SZ"))
+    assert advanced - started >= 4

@@ -1,0 +1,109 @@
+"""The trainer's pure parts: data preparation, the estimator allow-list, trusted types."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import skops.io as sio
+from sklearn.linear_model import LogisticRegression
+
+from modelops.api.trainingrun import TrainingRunSpec
+from modelops.training.estimators import EstimatorError, build, trusted_types
+from modelops.training.trainer import TrainingError, make_model, prepare, read_dataset
+
+
+def spec(**dataset: object) -> TrainingRunSpec:
+    return TrainingRunSpec.model_validate(
+        {
+            "model": "m",
+            "dataset": {"uri": "s3://b/d.csv", "target": "y", **dataset},
+            "estimator": {"name": "LogisticRegression"},
+        }
+    )
+
+
+def frame(n: int = 40) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    return pd.DataFrame(
+        {
+            "a": rng.normal(size=n),
+            "colour": rng.choice(["red", "green"], size=n),
+            "y": rng.integers(0, 2, size=n),
+        }
+    )
+
+
+def test_missing_target_names_the_column_and_what_exists() -> None:
+    with pytest.raises(TrainingError) as err:
+        prepare(frame(), spec(target="label"))
+    assert err.value.reason == "MissingTarget"
+    assert "'label'" in str(err.value) and "colour" in str(err.value)
+
+
+def test_text_columns_become_categorical() -> None:
+    prepared = prepare(frame(), spec())
+    assert prepared.features == ["a", "colour"]
+    assert prepared.categorical == ["colour"]
+
+
+def test_high_cardinality_text_cannot_be_encoded() -> None:
+    data = frame(200)
+    data["id"] = [f"user-{i}" for i in range(200)]
+    with pytest.raises(TrainingError) as err:
+        prepare(data, spec())
+    assert err.value.reason == "UnencodableData"
+    assert "'id'" in str(err.value) and "200 distinct" in str(err.value)
+
+
+def test_missing_numeric_values_are_refused() -> None:
+    data = frame()
+    data.loc[3, "a"] = np.nan
+    with pytest.raises(TrainingError, match="'a' has missing values"):
+        prepare(data, spec())
+
+
+def test_unknown_feature_is_refused() -> None:
+    with pytest.raises(TrainingError, match="not in dataset"):
+        prepare(frame(), spec(features=["a", "weight"]))
+
+
+def test_unreadable_parquet_is_a_clear_error() -> None:
+    with pytest.raises(TrainingError) as err:
+        read_dataset(b"this is not parquet", "s3://b/d.parquet", None)
+    assert err.value.reason == "InvalidDataset" and "as parquet" in str(err.value)
+
+
+def test_categorical_data_gets_an_encoding_pipeline_that_fits() -> None:
+    prepared = prepare(frame(), spec())
+    model = make_model(spec(), prepared)
+    model.fit(prepared.frame, prepared.target)
+    assert model.predict(prepared.frame.head(3)).shape == (3,)
+
+
+def test_estimator_outside_the_allow_list_is_refused() -> None:
+    with pytest.raises(EstimatorError, match="not allowed"):
+        build("subprocess.Popen", {}, 0)
+
+
+def test_unknown_estimator_parameter_is_refused() -> None:
+    with pytest.raises(EstimatorError, match="no parameter"):
+        build("Ridge", {"n_estimators": 3}, 0)
+
+
+def test_seed_becomes_random_state_unless_given() -> None:
+    assert build("RandomForestClassifier", {}, 5).get_params()["random_state"] == 5
+    assert build("RandomForestClassifier", {"random_state": 1}, 5).get_params()["random_state"] == 1
+
+
+def test_trusted_types_accept_sklearn_models() -> None:
+    model = LogisticRegression().fit([[0.0], [1.0]], [0, 1])
+    data = sio.dumps(model)
+    loaded = sio.loads(data, trusted=trusted_types(data))
+    assert loaded.predict([[1.0]])[0] == 1
+
+
+def test_trusted_types_refuse_foreign_types() -> None:
+    data = sio.dumps({"f": np.float64(1.0), "call": len})
+    with pytest.raises(EstimatorError, match="untrusted"):
+        trusted_types(data)
