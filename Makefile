@@ -54,7 +54,7 @@ bench: $(STAMP) ## Print the benchmarks (drift statistics)
 bench-drift: bench ## Drift benchmark only
 
 deploy: ## Install the operator on the current cluster (kubectl apply -k)
-	kubectl apply -k manifests/overlays/prod
+	kubectl apply --server-side -k manifests/overlays/prod
 
 undeploy: ## Remove the operator (CRDs and their objects included)
 	kubectl delete -k manifests/overlays/prod
@@ -68,6 +68,6 @@ e2e-kind: $(STAMP) ## Run the real-cluster tests (needs Docker and kind)
 	$(PY) -m pytest -m kind tests/kind
 
 clean: ## Remove the virtual environment and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .modelops
+	rm -rf $(VENV) .venv-checkov .pytest_cache .mypy_cache .ruff_cache .modelops
 
 .PHONY: help install test unit lint format typecheck crds verify-crds run demo bench bench-drift deploy undeploy images e2e-kind clean

@@ -53,14 +53,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _crds(out: Path, check: bool) -> int:
-    from modelops.api.crd import KINDS, render
+    from modelops import GROUP
+    from modelops.api.crd import KINDS, KUSTOMIZATION, render, render_kustomization
 
+    files = {f"{GROUP}_{kind.plural}.yaml": render(kind) for kind in KINDS}
+    files[KUSTOMIZATION] = render_kustomization()
     stale = []
-    for kind in KINDS:
-        from modelops import GROUP
-
-        path = out / f"{GROUP}_{kind.plural}.yaml"
-        text = render(kind)
+    for name, text in files.items():
+        path = out / name
         if check:
             if not path.exists() or path.read_text() != text:
                 stale.append(path)

@@ -39,6 +39,12 @@ def to_jsonschema(node: Any) -> Any:
         for k, v in node.items()
         if not k.startswith("x-kubernetes-") and k != "nullable"
     }
+    for bound in ("minimum", "maximum"):
+        exclusive = f"exclusive{bound.capitalize()}"
+        if node.get(exclusive) is True:  # OpenAPI v3.0 -> JSON Schema 2020-12
+            out[exclusive] = out.pop(bound)
+        elif node.get(exclusive) is False:
+            out.pop(exclusive)
     if node.get("x-kubernetes-int-or-string"):
         out["type"] = ["integer", "string"]
     if node.get("nullable") and "type" in out:
@@ -96,6 +102,8 @@ class CrdValidator:
         self.schemas: dict[tuple[str, str], dict[str, Any]] = {}
         for path in sorted(crd_dir.glob("*.yaml")):
             crd = yaml.safe_load(path.read_text())
+            if crd.get("kind") != "CustomResourceDefinition":
+                continue  # crds/kustomization.yaml
             for version in crd["spec"]["versions"]:
                 api_version = f"{crd['spec']['group']}/{version['name']}"
                 key = (api_version, crd["spec"]["names"]["kind"])

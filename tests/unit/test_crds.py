@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from modelops.api.crd import KINDS, crd, render
+from modelops.api.crd import KINDS, KUSTOMIZATION, crd, render, render_kustomization
 from support.crdschema import CRD_DIR, CrdValidator
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,7 +33,12 @@ def test_committed_crd_matches_the_models(kind) -> None:
 def test_every_kind_has_a_crd_and_nothing_else_is_there() -> None:
     assert {p.name for p in CRD_DIR.glob("*.yaml")} == {
         f"modelops.dev_{k.plural}.yaml" for k in KINDS
-    }
+    } | {KUSTOMIZATION}
+
+
+def test_committed_crd_kustomization_lists_every_crd() -> None:
+    path = CRD_DIR / KUSTOMIZATION
+    assert path.read_text() == render_kustomization(), f"{path.name} is stale: run `make crds`"
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.kind)

@@ -73,42 +73,17 @@ def set_condition(
 
     ``lastTransitionTime`` moves only when the status changes, as the API conventions ask.
     """
-    result: list[dict[str, Any]] = []
-    changed = True
-    found = False
-    for cond in conditions:
-        if cond.get("type") != type_:
-            result.append(cond)
-            continue
-        found = True
-        changed = cond.get("status") != status
-        result.append(
-            {
-                "type": type_,
-                "status": status,
-                "reason": reason,
-                "message": message,
-                "observedGeneration": generation,
-                "lastTransitionTime": now_iso()
-                if changed
-                else cond.get("lastTransitionTime", now_iso()),
-            }
-        )
-    if not found:
-        result.append(
-            {
-                "type": type_,
-                "status": status,
-                "reason": reason,
-                "message": message,
-                "observedGeneration": generation,
-                "lastTransitionTime": now_iso(),
-            }
-        )
-    for cond in result:
-        if cond.get("observedGeneration") is None:
-            cond.pop("observedGeneration", None)
-    return result, changed
+    old = get_condition(conditions, type_)
+    changed = old is None or old.get("status") != status
+    new: dict[str, Any] = {"type": type_, "status": status, "reason": reason, "message": message}
+    if generation is not None:
+        new["observedGeneration"] = generation
+    new["lastTransitionTime"] = now_iso() if changed or old is None else old["lastTransitionTime"]
+    others = [c for c in conditions if c.get("type") != type_]
+    if old is None:
+        return [*others, new], True
+    # Keep the condition where it was, so the list does not churn in `kubectl get -o yaml`.
+    return [new if c is old else c for c in conditions], changed
 
 
 def get_condition(conditions: list[dict[str, Any]], type_: str) -> dict[str, Any] | None:

@@ -127,6 +127,13 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
             return node
     if "const" in node:
         node["enum"] = [node.pop("const")]
+    # OpenAPI v3.0 (what the API server reads): exclusive bounds are booleans beside
+    # minimum/maximum, not numbers as in JSON Schema 2020-12 (a number is refused).
+    for bound in ("minimum", "maximum"):
+        exclusive = f"exclusive{bound.capitalize()}"
+        if exclusive in node and not isinstance(node[exclusive], bool):
+            node[bound] = node.pop(exclusive)
+            node[exclusive] = True
     if node.get("default", 0) is None:
         del node["default"]
     if (
@@ -197,6 +204,24 @@ def render(kind: Kind) -> str:
     return header + yaml.safe_dump(crd(kind), sort_keys=False, width=100)
 
 
+KUSTOMIZATION = "kustomization.yaml"
+
+
+def render_kustomization() -> str:
+    """crds/kustomization.yaml: lets manifests/base include the CRDs as ``../../crds``."""
+    header = (
+        "# Generated from operator/modelops/api by `make crds`. Do not edit.\n"
+        "# Lets manifests/base include the CRDs as `../../crds` (kustomize loads plain files only\n"
+        "# from inside a kustomization's own directory, but other kustomizations from anywhere).\n"
+    )
+    body = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": sorted(f"{GROUP}_{kind.plural}.yaml" for kind in KINDS),
+    }
+    return header + yaml.safe_dump(body, sort_keys=False)
+
+
 def write_all(directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -204,8 +229,10 @@ def write_all(directory: Path) -> list[Path]:
         path = directory / f"{GROUP}_{kind.plural}.yaml"
         path.write_text(render(kind))
         paths.append(path)
+    (directory / KUSTOMIZATION).write_text(render_kustomization())
+    paths.append(directory / KUSTOMIZATION)
     return paths
 
 
 def load_all(directory: Path) -> list[dict[str, Any]]:
-    return [yaml.safe_load(p.read_text()) for p in sorted(directory.glob("*.yaml"))]
+    return [yaml.safe_load(p.read_text()) for p in sorted(directory.glob(f"{GROUP}_*.yaml"))]

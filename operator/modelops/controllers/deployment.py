@@ -16,7 +16,7 @@ from modelops.api.common import now_iso
 from modelops.api.deployment import Deployment
 from modelops.controllers.main import get_settings, runtime
 from modelops.controllers.metrics import CANARY_WEIGHT, ROLLBACKS, observed
-from modelops.controllers.status import StatusWriter
+from modelops.controllers.status import StatusWriter, invalid_spec
 from modelops.resources import serving
 from modelops.rollout import HISTORY_LIMIT, Facts, State, Version, plan
 from modelops.storage import Location
@@ -56,7 +56,7 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) ->
     try:
         dep = Deployment.model_validate(dict(body))
     except ValidationError as exc:
-        message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        message = invalid_spec(exc)
         status.set(phase="Degraded", message=message)
         status.condition("Ready", "False", "InvalidSpec", message)
         return

@@ -17,7 +17,7 @@ from modelops.api.driftmonitor import DriftMonitor
 from modelops.controllers.deployment import iso, parse_time
 from modelops.controllers.main import get_settings, runtime
 from modelops.controllers.metrics import DRIFT_DETECTED, DRIFT_SCORE, RETRAINS, observed
-from modelops.controllers.status import StatusWriter
+from modelops.controllers.status import StatusWriter, invalid_spec
 from modelops.drift import DriftReport, Sketch, detect
 from modelops.storage import ArtifactError, Location
 
@@ -42,7 +42,7 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) ->
     try:
         monitor = DriftMonitor.model_validate(dict(body))
     except ValidationError as exc:
-        message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        message = invalid_spec(exc)
         status.set(phase="Pending", message=message)
         status.condition("Drifted", "Unknown", "InvalidSpec", message)
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from functools import cache
@@ -54,6 +55,10 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     settings.networking.request_timeout = 30
     runtime.cluster = Cluster.login(settings)
     runtime.store = operator_store(config)
+    try:
+        await asyncio.to_thread(runtime.store.ensure_bucket, config.bucket)
+    except Exception as exc:  # a store that refuses bucket creation may still serve objects
+        logger.warning("could not ensure bucket %s exists: %s", config.bucket, exc)
     if config.metrics_port:
         start_http_server(config.metrics_port)
     logger.info(

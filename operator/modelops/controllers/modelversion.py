@@ -13,7 +13,7 @@ from modelops.api.common import now_iso
 from modelops.api.modelversion import ModelVersion
 from modelops.controllers.main import runtime
 from modelops.controllers.metrics import observed
-from modelops.controllers.status import StatusWriter
+from modelops.controllers.status import StatusWriter, invalid_spec
 from modelops.resources.training import metrics_summary
 from modelops.storage import ArtifactError, Location
 
@@ -38,8 +38,8 @@ async def reconcile_model_version(body: kopf.Body, patch: kopf.Patch, **_: Any) 
         try:
             version = ModelVersion.model_validate(dict(body))
         except ValidationError as exc:
-            status.set(phase="Failed", message=str(exc.errors()[0]["msg"]))
-            status.condition("Ready", "False", "InvalidSpec", str(exc.errors()[0]["msg"]))
+            status.set(phase="Failed", message=invalid_spec(exc))
+            status.condition("Ready", "False", "InvalidSpec", invalid_spec(exc))
             return
         artifact = version.spec.artifact
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import kopf
+from pydantic import ValidationError
 
 from modelops.api.common import ConditionStatus, get_condition, set_condition
 
@@ -28,6 +29,11 @@ WARNING_REASONS = frozenset(
     }
 )
 """Reasons posted as Warning events; every other transition is Normal."""
+
+
+def invalid_spec(exc: ValidationError) -> str:
+    """One line naming every invalid field, for an InvalidSpec condition."""
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
 
 
 class StatusWriter:

@@ -14,7 +14,7 @@ from modelops.api.common import now_iso
 from modelops.api.trainingrun import TrainingRun
 from modelops.controllers.main import get_settings, runtime
 from modelops.controllers.metrics import JOBS_CREATED, RUNS_FINISHED, VERSIONS_REGISTERED, observed
-from modelops.controllers.status import StatusWriter
+from modelops.controllers.status import StatusWriter, invalid_spec
 from modelops.resources import modelversion as mv_builder
 from modelops.resources.common import MODEL_LABEL, RUN_UID_LABEL
 from modelops.resources.training import (
@@ -51,7 +51,7 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) ->
     try:
         run = TrainingRun.model_validate(dict(body))
     except ValidationError as exc:
-        message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        message = invalid_spec(exc)
         status.set(phase="Failed", message=message)
         status.condition("Ready", "False", "InvalidSpec", message)
         return

@@ -1,0 +1,400 @@
+"""The operator's RBAC grants exactly what its code and Kopf use, and nothing by wildcard.
+
+NEEDS is the table of record: each row names the (apiGroup, resources, verbs) and the code
+that needs them, either a call through the one Kubernetes client (``Call``: controllers/
+cluster.py's methods, found in the source by the AST) or a line of our code or of Kopf's
+(``Code``). The tests hold the table, the rendered ClusterRoles and the code together:
+
+- nothing is granted that the table does not justify, and nothing in the table is missing;
+- every cited call and line exists (so the table cannot outlive the code);
+- every ``runtime.cluster`` call in the controllers is cited (so new code needs a new row);
+- every kind a builder makes is granted the verbs of the call that writes it.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kopf
+import pytest
+
+from modelops.controllers.cluster import _PLURALS
+from support.manifests import BUILDERS, KUBECTL, ROOT, Doc, rendered
+
+pytestmark = pytest.mark.skipif(KUBECTL is None, reason="needs kubectl (`kubectl kustomize`)")
+
+PACKAGE = ROOT / "operator" / "modelops"
+KOPF = Path(kopf.__file__).parent
+SERVICE_ACCOUNT = ("modelops-system", "modelops-operator")
+
+METHOD_VERBS = {
+    "get": ("get",),
+    "list": ("list",),
+    "create": ("create", "get"),  # POST; GET of the existing object on 409
+    "create_new": ("create",),
+    "apply": ("create", "get", "patch"),  # create, then merge-patch when it exists
+    "patch": ("patch",),
+    "delete": ("delete",),
+}
+"""API verbs of each controllers/cluster.py Cluster method."""
+NOT_API_CALLS = {"close"}
+
+
+@dataclass(frozen=True)
+class Call:
+    """``runtime.cluster.<method>(...)`` inside ``function`` of ``path`` (under modelops/)."""
+
+    path: str
+    function: str
+    method: str
+
+
+@dataclass(frozen=True)
+class Code:
+    """A line of ``path`` (under modelops/, or under Kopf's package when it starts with kopf/)."""
+
+    path: str
+    snippet: str
+
+
+@dataclass(frozen=True)
+class Need:
+    group: str
+    resources: tuple[str, ...]
+    verbs: tuple[str, ...]
+    because: tuple[Call | Code, ...]
+
+
+KINDS = ("trainingruns", "modelversions", "deployments", "driftmonitors")
+
+NEEDS: tuple[Need, ...] = (
+    # --- Kopf ---------------------------------------------------------------------------------
+    # The resource observer watches CRDs; with clusterwide=True (MODELOPS_NAMESPACES empty) the
+    # namespace observer never calls the API, so namespaces need no grant. Standalone: no
+    # peering objects. Discovery (/apis) is open to every authenticated user.
+    Need(
+        "apiextensions.k8s.io",
+        ("customresourcedefinitions",),
+        ("list", "watch"),
+        (Code("kopf/_core/reactor/observation.py", "wait_for(references.CRDS)"),),
+    ),
+    # One list+watch stream per kind with handlers; patches of Kopf's annotations (progress,
+    # diff-base) and of the finalizer.
+    *(
+        Need(
+            "modelops.dev",
+            (plural,),
+            ("list", "watch", "patch"),
+            (
+                # a handler (on.*, timer) on the kind: Kopf watches it
+                Code(f"controllers/{plural[:-1]}.py", f'(GROUP, VERSION, "{plural}"'),
+                Code("controllers/main.py", "settings.persistence.finalizer"),
+            ),
+        )
+        for plural in KINDS
+    ),
+    Need(
+        "modelops.dev",
+        tuple(f"{plural}/status" for plural in KINDS),
+        ("patch",),
+        (
+            Code("controllers/status.py", 'self.patch.status["conditions"] = self.conditions'),
+            Code("kopf/_cogs/clients/patching.py", "subresource='status'"),
+        ),
+    ),
+    # kopf.adopt() sets blockOwnerDeletion: the OwnerReferencesPermissionEnforcement admission
+    # plugin then wants update on the owner's finalizers.
+    Need(
+        "modelops.dev",
+        ("trainingruns/finalizers",),
+        ("update",),
+        (
+            Code("controllers/trainingrun.py", "kopf.adopt(job, owner=body)"),
+            Code("kopf/_kits/hierarchies.py", "block_owner_deletion: bool | None = True"),
+        ),
+    ),
+    Need(
+        "modelops.dev",
+        ("deployments/finalizers",),
+        ("update",),
+        (Code("controllers/deployment.py", "kopf.adopt(child, owner=body)"),),
+    ),
+    Need(
+        "modelops.dev",
+        ("driftmonitors/finalizers",),
+        ("update",),
+        (Code("controllers/driftmonitor.py", "kopf.adopt(run, owner=body)"),),
+    ),
+    Need(
+        "",
+        ("events",),
+        ("create",),
+        (
+            Code("controllers/status.py", "kopf.warn(self.body, reason=reason, message=message)"),
+            Code("controllers/deployment.py", "kopf.info(status.body, reason=reason"),
+            Code("controllers/driftmonitor.py", 'kopf.info(body, reason="RetrainStarted"'),
+            Code("kopf/_cogs/structs/references.py", "EVENTS = Selector('v1', 'events')"),
+        ),
+    ),
+    # --- TrainingRun controller ---------------------------------------------------------------
+    Need(
+        "batch",
+        ("jobs",),
+        ("create", "get"),
+        (Call("controllers/trainingrun.py", "_reconcile", "create"),),
+    ),
+    Need(
+        "modelops.dev",
+        ("modelversions",),
+        ("list",),
+        (Call("controllers/trainingrun.py", "_register", "list"),),
+    ),
+    Need(
+        "modelops.dev",
+        ("modelversions",),
+        ("create",),
+        (Call("controllers/trainingrun.py", "_register", "create_new"),),
+    ),
+    # --- Deployment controller ----------------------------------------------------------------
+    Need(
+        "modelops.dev",
+        ("modelversions",),
+        ("list",),
+        (Call("controllers/deployment.py", "_version_specs", "list"),),
+    ),
+    Need(
+        "modelops.dev",
+        ("driftmonitors",),
+        ("list",),
+        (Call("controllers/deployment.py", "_firing_monitors", "list"),),
+    ),
+    # The children of resources/serving.py children(): applied every reconciliation.
+    *(
+        Need(
+            group,
+            (resource,),
+            ("create", "get", "patch"),
+            (Call("controllers/deployment.py", "_reconcile", "apply"),),
+        )
+        for group, resource in (
+            ("apps", "deployments"),
+            ("", "services"),
+            ("", "configmaps"),
+            ("", "serviceaccounts"),
+            ("rbac.authorization.k8s.io", "roles"),
+            ("rbac.authorization.k8s.io", "rolebindings"),
+            ("gateway.networking.k8s.io", "httproutes"),
+        )
+    ),
+    Need(
+        "apps",
+        ("deployments",),
+        ("get",),
+        (Call("controllers/deployment.py", "_ready_replicas", "get"),),
+    ),
+    Need(
+        "",
+        ("services", "configmaps"),
+        ("list", "delete"),
+        (
+            Call("controllers/deployment.py", "_prune", "list"),
+            Call("controllers/deployment.py", "_prune", "delete"),
+        ),
+    ),
+    Need(
+        "apps",
+        ("deployments",),
+        ("list", "delete"),
+        (
+            Call("controllers/deployment.py", "_prune", "list"),
+            Call("controllers/deployment.py", "_prune", "delete"),
+        ),
+    ),
+    Need(
+        "gateway.networking.k8s.io",
+        ("httproutes",),
+        ("list", "delete"),
+        (
+            Call("controllers/deployment.py", "_prune", "list"),
+            Call("controllers/deployment.py", "_prune", "delete"),
+        ),
+    ),
+    # RBAC escalation prevention: nobody may create a Role granting more than they hold, and
+    # the serving pods' Role grants get/list/watch on their routing ConfigMaps.
+    Need(
+        "",
+        ("configmaps",),
+        ("get", "list", "watch"),
+        (Code("resources/serving.py", '"verbs": ["get", "list", "watch"]'),),
+    ),
+    # --- DriftMonitor controller --------------------------------------------------------------
+    Need(
+        "modelops.dev",
+        ("deployments",),
+        ("get",),
+        (Call("controllers/driftmonitor.py", "_target_version", "get"),),
+    ),
+    Need(
+        "modelops.dev",
+        ("modelversions",),
+        ("get",),
+        (Call("controllers/driftmonitor.py", "_profile", "get"),),
+    ),
+    Need(
+        "modelops.dev",
+        ("trainingruns",),
+        ("create", "get"),
+        (Call("controllers/driftmonitor.py", "_retrain", "create"),),
+    ),
+)
+
+Triple = tuple[str, str, str]
+
+
+def _triples(group: str, resources: tuple[str, ...] | list[str], verbs: Any) -> set[Triple]:
+    return {(group, r, v) for r in resources for v in verbs}
+
+
+def table() -> set[Triple]:
+    return {t for need in NEEDS for t in _triples(need.group, need.resources, need.verbs)}
+
+
+def _roles_of_the_operator(docs: list[Doc]) -> list[Doc]:
+    """The Roles and ClusterRoles bound to the operator's ServiceAccount."""
+    bound = set()
+    for doc in docs:
+        if doc["kind"] in ("ClusterRoleBinding", "RoleBinding"):
+            subjects = {
+                (s.get("namespace"), s["name"])
+                for s in doc.get("subjects", [])
+                if s["kind"] == "ServiceAccount"
+            }
+            if SERVICE_ACCOUNT in subjects:
+                bound.add((doc["roleRef"]["kind"], doc["roleRef"]["name"]))
+    return [d for d in docs if (d["kind"], d["metadata"]["name"]) in bound]
+
+
+def granted(overlay: str = "overlays/prod") -> set[Triple]:
+    found: set[Triple] = set()
+    for role in _roles_of_the_operator(rendered(overlay)):
+        for rule in role["rules"]:
+            assert "resourceNames" not in rule and "nonResourceURLs" not in rule, rule
+            for group in rule["apiGroups"]:
+                found |= _triples(group, rule["resources"], rule["verbs"])
+    return found
+
+
+@functools.cache
+def cluster_calls() -> frozenset[Call]:
+    """Every ``runtime.cluster.<method>(...)`` in the controllers, with its function."""
+    calls = set()
+    for path in sorted((PACKAGE / "controllers").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for function in ast.walk(tree):
+            if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(function):
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and isinstance(node.func.value, ast.Attribute)
+                    and node.func.value.attr == "cluster"
+                    and isinstance(node.func.value.value, ast.Name)
+                    and node.func.value.value.id == "runtime"
+                    and node.func.attr not in NOT_API_CALLS
+                ):
+                    rel = path.relative_to(PACKAGE).as_posix()
+                    calls.add(Call(rel, function.name, node.func.attr))
+    return frozenset(calls)
+
+
+def _cited() -> set[Call | Code]:
+    return {source for need in NEEDS for source in need.because}
+
+
+# --- tests ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", ["base", "overlays/dev", "overlays/prod"])
+def test_no_role_uses_a_wildcard(overlay: str) -> None:
+    for doc in rendered(overlay):
+        if doc["kind"] in ("Role", "ClusterRole"):
+            for rule in doc.get("rules", []):
+                for field in ("apiGroups", "resources", "verbs", "resourceNames"):
+                    assert "*" not in rule.get(field, []), (doc["metadata"]["name"], rule)
+
+
+@pytest.mark.parametrize("overlay", ["base", "overlays/dev", "overlays/prod"])
+def test_operator_is_granted_nothing_the_table_does_not_justify(overlay: str) -> None:
+    assert granted(overlay) - table() == set()
+
+
+@pytest.mark.parametrize("overlay", ["base", "overlays/dev", "overlays/prod"])
+def test_operator_is_granted_everything_the_table_needs(overlay: str) -> None:
+    assert table() - granted(overlay) == set()
+
+
+def test_operator_holds_no_verb_that_escalates_privileges() -> None:
+    risky = {"escalate", "bind", "impersonate", "approve", "deletecollection"}
+    assert {t for t in granted() if t[2] in risky or t[1] in ("secrets", "pods/exec")} == set()
+
+
+def test_every_cited_call_is_in_the_code() -> None:
+    cited_calls = {c for c in _cited() if isinstance(c, Call)}
+    assert cited_calls - cluster_calls() == set()
+
+
+def test_every_cited_line_is_in_the_code() -> None:
+    for code in (c for c in _cited() if isinstance(c, Code)):
+        base = KOPF.parent if code.path.startswith("kopf/") else PACKAGE
+        assert code.snippet in (base / code.path).read_text(), code
+
+
+def test_every_kubernetes_call_of_the_controllers_is_justified_by_the_table() -> None:
+    assert cluster_calls() - _cited() == set()
+
+
+def test_every_row_resting_on_calls_needs_no_verb_those_calls_do_not_use() -> None:
+    for need in NEEDS:
+        if all(isinstance(c, Call) for c in need.because):
+            used = {v for c in need.because if isinstance(c, Call) for v in METHOD_VERBS[c.method]}
+            assert set(need.verbs) <= used, need
+
+
+@pytest.mark.parametrize("builder", BUILDERS, ids=lambda b: b.name)
+def test_every_kind_a_builder_makes_is_granted_the_verbs_that_write_it(builder: Any) -> None:
+    calls = {(c.path, c.method) for c in cluster_calls()}
+    assert (builder.controller, builder.method) in calls, "the builder's writer is not in the code"
+    for doc in builder.build():
+        api_version = doc["apiVersion"]
+        group = api_version.rsplit("/", 1)[0] if "/" in api_version else ""
+        plural = _PLURALS[doc["kind"]]
+        needed = _triples(group, (plural,), METHOD_VERBS[builder.method])
+        assert needed - granted() == set(), doc["kind"]
+
+
+def test_operator_roles_are_bound_to_its_service_account_cluster_wide() -> None:
+    docs = rendered("overlays/prod")
+    names = {d["metadata"]["name"] for d in _roles_of_the_operator(docs)}
+    assert names == {"modelops-operator", "modelops-operator-cluster"}
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == SERVICE_ACCOUNT[1]
+
+
+def test_user_roles_grant_only_our_kinds_and_view_only_reads() -> None:
+    docs = {d["metadata"]["name"]: d for d in rendered("base") if d["kind"] == "ClusterRole"}
+    for name in ("modelops-edit", "modelops-view"):
+        for rule in docs[name]["rules"]:
+            assert rule["apiGroups"] == ["modelops.dev"]
+            assert set(rule["resources"]) == set(KINDS)
+    assert {v for r in docs["modelops-view"]["rules"] for v in r["verbs"]} == {
+        "get",
+        "list",
+        "watch",
+    }
+    labels = docs["modelops-edit"]["metadata"]["labels"]
+    assert labels["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
