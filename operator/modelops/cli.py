@@ -35,8 +35,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["serve"]:
-        print("modelops serve: not yet implemented (see issue 3)", file=sys.stderr)
-        return 2
+        # The server owns its options (workers, limits, routing source).
+        from modelops.serving.app import main as serve_main
+
+        return serve_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "run":
         from modelops.controllers.main import run_operator

@@ -1,0 +1,313 @@
+"""Prometheus metrics of the model server, kept as plain counters on the hot path.
+
+Counting is a few integer increments per request and one ``bincount`` per batch; the
+Prometheus text is built only when ``/metrics`` is scraped. With several worker processes
+each keeps its own counters and writes a snapshot file every second; whichever worker
+answers a scrape sums its live counters with its peers' snapshots, so counters never go
+backwards between scrapes that land on different workers (prometheus_client's multiprocess
+mode would instead cost several mmap writes per request).
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+from prometheus_client.core import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import generate_latest
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+NO_VERSION = ""
+"""The version label of requests that failed before a version was chosen."""
+
+
+def bucket_key(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
+
+
+@dataclass
+class VersionStats:
+    """Cumulative counters of one (model, version); only ever incremented."""
+
+    model: str
+    version: str
+    requests: int = 0
+    rows: int = 0
+    errors: dict[int, int] = field(default_factory=dict)
+    latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
+    classes: list[str] = field(default_factory=list)
+    class_counts: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def observe(self, seconds: float, status: int) -> None:
+        self.requests += 1
+        self.latency[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
+        if status >= 400:
+            self.errors[status] = self.errors.get(status, 0) + 1
+
+    def count_predictions(self, names: npt.NDArray[Any], indices: npt.NDArray[np.intp]) -> None:
+        """One batch of predicted class indices into ``names`` (the version's classes)."""
+        if len(self.classes) != len(names):
+            self.classes = [str(n) for n in names]
+            self.class_counts = np.zeros(len(names), np.int64)
+        self.class_counts += np.bincount(indices, minlength=len(names))
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "version": self.version,
+            "requests": self.requests,
+            "rows": self.rows,
+            "errors": {str(k): v for k, v in self.errors.items()},
+            "latency": list(self.latency),
+            "latencySum": self.latency_sum,
+            "classes": dict(zip(self.classes, self.class_counts.tolist(), strict=True)),
+        }
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """What a scrape reports about a version of the current routing table."""
+
+    model: str
+    version: str
+    role: str
+    weight: int
+    sha256: str
+    state: str
+    reason: str
+
+
+class ServerMetrics:
+    """All counters of one worker process."""
+
+    def __init__(self, worker: int = 0, peers_dir: Path | None = None) -> None:
+        self.worker = worker
+        self.peers_dir = peers_dir
+        self.versions: dict[tuple[str, str], VersionStats] = {}
+        self.batches = [0] * (len(BATCH_BUCKETS) + 1)
+        self.batch_rows = 0
+        self.sketch_flushes: dict[str, int] = {"ok": 0, "error": 0}
+        self.table_updates: dict[str, int] = {"applied": 0, "invalid": 0}
+        self.info: list[VersionInfo] = []
+        self.ready = False
+        self._last_written: bytes | None = None
+
+    def stats(self, model: str, version: str) -> VersionStats:
+        key = (model, version)
+        found = self.versions.get(key)
+        if found is None:
+            found = self.versions[key] = VersionStats(model, version)
+        return found
+
+    def observe_batch(self, rows: int) -> None:
+        self.batches[bisect.bisect_left(BATCH_BUCKETS, rows)] += 1
+        self.batch_rows += rows
+
+    # -- sharing between worker processes ------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "worker": self.worker,
+            "pid": os.getpid(),
+            "ready": self.ready,
+            "versions": [s.snapshot() for s in self.versions.values()],
+            "batches": list(self.batches),
+            "batchRows": self.batch_rows,
+            "sketchFlushes": dict(self.sketch_flushes),
+            "tableUpdates": dict(self.table_updates),
+        }
+
+    def write_snapshot(self) -> None:
+        """Publish this worker's counters for its peers (atomically: write, then rename)."""
+        if self.peers_dir is None:
+            return
+        data = orjson.dumps(self.snapshot())
+        if data == self._last_written:
+            return
+        path = self.peers_dir / f"worker-{self.worker}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        self._last_written = data
+
+    def peer_snapshots(self) -> list[dict[str, Any]]:
+        if self.peers_dir is None:
+            return []
+        found = []
+        for path in sorted(self.peers_dir.glob("worker-*.json")):
+            if path.name == f"worker-{self.worker}.json":
+                continue
+            try:
+                found.append(orjson.loads(path.read_bytes()))
+            except (OSError, orjson.JSONDecodeError):
+                continue  # a peer that is starting or stopping
+        return found
+
+    def peers_ready(self) -> bool:
+        return all(s.get("ready") for s in self.peer_snapshots())
+
+    # -- exposition ------------------------------------------------------------------------------
+
+    def render(self) -> bytes:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Collector(self, [self.snapshot(), *self.peer_snapshots()]))
+        return generate_latest(registry)
+
+
+class _Collector:
+    def __init__(self, metrics: ServerMetrics, snapshots: list[dict[str, Any]]) -> None:
+        self.metrics = metrics
+        self.snapshots = snapshots
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        merged = _merge(self.snapshots)
+        labels = ["model", "version"]
+        requests = CounterMetricFamily(
+            "modelops_serving_requests", "Inference requests, by version answered", labels=labels
+        )
+        rows = CounterMetricFamily("modelops_serving_rows", "Rows predicted", labels=labels)
+        errors = CounterMetricFamily(
+            "modelops_serving_errors",
+            "Inference requests answered with an error, by HTTP status",
+            labels=[*labels, "code"],
+        )
+        latency = HistogramMetricFamily(
+            "modelops_serving_request_duration_seconds",
+            "Time from request body to response, per inference request",
+            labels=labels,
+        )
+        predictions = CounterMetricFamily(
+            "modelops_serving_predictions",
+            "Predicted rows per class",
+            labels=[*labels, "class"],
+        )
+        for (model, version), v in sorted(merged["versions"].items()):
+            requests.add_metric([model, version], v["requests"])
+            rows.add_metric([model, version], v["rows"])
+            for code, n in sorted(v["errors"].items()):
+                errors.add_metric([model, version, code], n)
+            latency.add_metric([model, version], _cumulative(v["latency"]), v["latencySum"])
+            for cls, n in sorted(v["classes"].items()):
+                predictions.add_metric([model, version, cls], n)
+        yield from (requests, rows, errors, latency, predictions)
+
+        info = GaugeMetricFamily(
+            "modelops_serving_version_info",
+            "Versions of the routing table and their state (value 1)",
+            labels=["model", "version", "role", "sha256", "state", "reason"],
+        )
+        ready = GaugeMetricFamily(
+            "modelops_serving_version_ready",
+            "1 when the version is verified, loaded and servable",
+            labels=labels,
+        )
+        weight = GaugeMetricFamily(
+            "modelops_serving_version_weight", "Configured traffic weight (%)", labels=labels
+        )
+        for i in self.metrics.info:
+            info.add_metric([i.model, i.version, i.role, i.sha256, i.state, i.reason], 1)
+            ready.add_metric([i.model, i.version], 1 if i.state == "Ready" else 0)
+            weight.add_metric([i.model, i.version], i.weight)
+        yield from (info, ready, weight)
+
+        batch = HistogramMetricFamily(
+            "modelops_serving_batch_rows", "Rows per predict call (micro-batches)"
+        )
+        buckets = [(bucket_key(float(b)), 0) for b in (*BATCH_BUCKETS, float("inf"))]
+        batch.add_metric(
+            [], _cumulative(merged["batches"], buckets=buckets), float(merged["batchRows"])
+        )
+        yield batch
+        flushes = CounterMetricFamily(
+            "modelops_serving_sketch_flushes", "Sketch windows written", labels=["result"]
+        )
+        for result, n in sorted(merged["sketchFlushes"].items()):
+            flushes.add_metric([result], n)
+        yield flushes
+        updates = CounterMetricFamily(
+            "modelops_serving_routing_updates", "Routing tables received", labels=["result"]
+        )
+        for result, n in sorted(merged["tableUpdates"].items()):
+            updates.add_metric([result], n)
+        yield updates
+        workers = GaugeMetricFamily("modelops_serving_workers", "Worker processes reporting")
+        workers.add_metric([], len(self.snapshots))
+        yield workers
+
+
+def _cumulative(
+    counts: list[int], buckets: list[tuple[str, int]] | None = None
+) -> list[tuple[str, float]]:
+    bounds = buckets or [(bucket_key(b), 0) for b in (*LATENCY_BUCKETS, float("inf"))]
+    total, out = 0, []
+    for (key, _), n in zip(bounds, counts, strict=True):
+        total += n
+        out.append((key, float(total)))
+    return out
+
+
+def _merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
+    versions: dict[tuple[str, str], dict[str, Any]] = {}
+    batches = [0] * (len(BATCH_BUCKETS) + 1)
+    batch_rows = 0
+    flushes: dict[str, int] = {}
+    updates: dict[str, int] = {}
+    for snap in snapshots:
+        for v in snap["versions"]:
+            key = (v["model"], v["version"])
+            into = versions.setdefault(
+                key,
+                {
+                    "requests": 0,
+                    "rows": 0,
+                    "errors": {},
+                    "latency": [0] * (len(LATENCY_BUCKETS) + 1),
+                    "latencySum": 0.0,
+                    "classes": {},
+                },
+            )
+            into["requests"] += v["requests"]
+            into["rows"] += v["rows"]
+            into["latencySum"] += v["latencySum"]
+            into["latency"] = [a + b for a, b in zip(into["latency"], v["latency"], strict=True)]
+            _add(into["errors"], v["errors"])
+            _add(into["classes"], v["classes"])
+        batches = [a + b for a, b in zip(batches, snap["batches"], strict=True)]
+        batch_rows += snap["batchRows"]
+        _add(flushes, snap["sketchFlushes"])
+        _add(updates, snap["tableUpdates"])
+    return {
+        "versions": versions,
+        "batches": batches,
+        "batchRows": batch_rows,
+        "sketchFlushes": flushes,
+        "tableUpdates": updates,
+    }
+
+
+def _add(into: dict[str, int], more: Mapping[str, int]) -> None:
+    for k, n in more.items():
+        into[k] = into.get(k, 0) + n

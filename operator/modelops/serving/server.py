@@ -1,0 +1,346 @@
+"""The HTTP side of the model server: Open Inference Protocol v2 REST, plus ``/metrics``.
+
+aiohttp's low-level server with one handler and a small path dispatcher: no router, no
+middleware, no Application per request (a measurable share of a 1-row request), and every
+answer, 404 and 405 included, is JSON with an ``error`` message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from modelops import __version__
+from modelops.serving.batcher import Batcher, Prediction
+from modelops.serving.metrics import NO_VERSION, ServerMetrics
+from modelops.serving.protocol import (
+    OUTPUT_PREDICT,
+    OUTPUT_PROBA,
+    ProtocolError,
+    decode,
+    error_body,
+    parse_json,
+    request_id,
+)
+from modelops.serving.sketches import SketchWriter
+from modelops.serving.state import ModelManager, ServedVersion, ServingState
+from modelops.storage import ArtifactStore
+
+logger = logging.getLogger(__name__)
+
+JSON = "application/json"
+Handler = Callable[[], Awaitable[web.Response]]
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    max_body_bytes: int = 1 << 20
+    sketch_interval: float = 5.0
+    bucket: str = "modelops"
+    pod: str = "local"
+    worker: int = 0
+    peers_dir: Path | None = None
+
+
+def _json(doc: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(doc), status=status, content_type=JSON)
+
+
+def _error(message: str, status: int) -> web.Response:
+    return web.Response(body=error_body(message), status=status, content_type=JSON)
+
+
+class ModelServer:
+    def __init__(self, config: ServerConfig, store: ArtifactStore | None) -> None:
+        self.config = config
+        self.metrics = ServerMetrics(config.worker, config.peers_dir)
+        self.writer = SketchWriter(store, config.bucket, config.pod, config.sketch_interval)
+        self.manager = ModelManager(store, self.metrics, self.writer.executor)
+        self.batcher = Batcher(self.metrics)
+        self.stopping = False
+        self._ids = itertools.count(1)
+        self._id_prefix = f"{config.pod}-{os.getpid():x}-"
+
+    def web_server(self, **kwargs: Any) -> web.Server:
+        """The aiohttp low-level server (call inside the event loop); serve it with a
+        ``web.ServerRunner``. ``kwargs`` go to aiohttp's request handler."""
+        loop = asyncio.get_running_loop()
+        limit = self.config.max_body_bytes
+
+        def request(
+            message: Any, payload: Any, protocol: Any, writer: Any, task: Any
+        ) -> web.BaseRequest:
+            return web.BaseRequest(
+                message, payload, protocol, writer, task, loop, client_max_size=limit
+            )
+
+        return web.Server(self.dispatch, request_factory=request, **kwargs)
+
+    # -- dispatch -------------------------------------------------------------------------------
+
+    async def dispatch(self, request: web.BaseRequest) -> web.Response:
+        try:
+            return await self._dispatch(request)
+        except Exception:  # a bug, not the client's fault: say so in JSON
+            logger.exception("%s %s failed", request.method, request.path)
+            return _error("internal server error", 500)
+
+    async def _dispatch(self, request: web.BaseRequest) -> web.Response:
+        parts = request.path.strip("/").split("/")
+        method = request.method
+        if parts[0] == "v2":
+            if len(parts) >= 3 and parts[1] == "models":
+                return await self._model_route(request, method, parts[2], parts[3:])
+            if len(parts) == 1:
+                return self._get(method) or self._server_metadata()
+            if len(parts) == 3 and parts[1] == "health" and parts[2] in ("live", "ready"):
+                return self._get(method) or self._health(parts[2])
+        elif parts == ["metrics"]:
+            return self._get(method) or web.Response(
+                body=await asyncio.to_thread(self.metrics.render),
+                headers={"Content-Type": CONTENT_TYPE_LATEST},
+            )
+        return _error(f"no such endpoint: {method} {request.path}", 404)
+
+    async def _model_route(
+        self, request: web.BaseRequest, method: str, name: str, rest: list[str]
+    ) -> web.Response:
+        version: str | None = None
+        if len(rest) >= 2 and rest[0] == "versions":
+            version, rest = rest[1], rest[2:]
+        if rest == ["infer"]:
+            if method != "POST":
+                return _error("use POST for infer", 405)
+            return await self.infer(request, name, version)
+        if rest in ([], ["ready"]):
+            if (bad := self._get(method)) is not None:
+                return bad
+            state = self.manager.state
+            if not state.knows(name):
+                return self._unknown_model(state, name)
+            return self._ready(state, version) if rest else self._model_metadata(state, version)
+        return _error(f"no such endpoint: {method} {request.path}", 404)
+
+    @staticmethod
+    def _get(method: str) -> web.Response | None:
+        return None if method in ("GET", "HEAD") else _error(f"{method} is not allowed here", 405)
+
+    # -- inference --------------------------------------------------------------------------------
+
+    async def infer(self, request: web.BaseRequest, name: str, version: str | None) -> web.Response:
+        started = time.perf_counter()
+        state = self.manager.state
+        if not state.knows(name):
+            self.metrics.stats("", NO_VERSION).observe(time.perf_counter() - started, 404)
+            return self._unknown_model(state, name)
+        served: ServedVersion | None = None
+        try:
+            doc = parse_json(await self._body(request))
+            rid = request_id(doc)
+            served = state.resolve(version) if version is not None else state.route(rid)
+            model = served.model
+            assert model is not None
+            decoded = decode(doc, model.layout, classifier=model.classifier)
+            prediction = await self.batcher.submit(served, decoded.rows, decoded.n, decoded.proba)
+            body = self._answer(state, served, rid, prediction, decoded.n)
+            status = 200
+        except ProtocolError as exc:
+            status, body = exc.status, error_body(str(exc))
+        stats = served.stats if served is not None else self.metrics.stats(state.model_name, "")
+        stats.observe(time.perf_counter() - started, status)
+        return web.Response(body=body, status=status, content_type=JSON)
+
+    async def _body(self, request: web.BaseRequest) -> bytes:
+        limit = self.config.max_body_bytes
+        length = request.content_length
+        if length is not None and length > limit:
+            raise ProtocolError(
+                f"request body of {length} bytes is over the {limit}-byte limit", 413
+            )
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise ProtocolError(f"request body is over the {limit}-byte limit", 413) from None
+
+    def _answer(
+        self,
+        state: ServingState,
+        served: ServedVersion,
+        rid: str | None,
+        prediction: Prediction,
+        n: int,
+    ) -> bytes:
+        model = served.model
+        assert model is not None
+        data: Any
+        if model.classifier:
+            labels = model.labels
+            data = [labels[i] for i in prediction.values.tolist()]
+        else:
+            data = prediction.values
+        outputs: list[dict[str, Any]] = [
+            {"name": OUTPUT_PREDICT, "datatype": model.output_datatype, "shape": [n], "data": data}
+        ]
+        if prediction.proba is not None:
+            outputs.append(
+                {
+                    "name": OUTPUT_PROBA,
+                    "datatype": "FP64",
+                    "shape": [n, len(model.labels)],
+                    "data": prediction.proba.ravel(),
+                    "parameters": {"classes": list(model.labels)},
+                }
+            )
+        return orjson.dumps(
+            {
+                "model_name": state.model_name,
+                "model_version": served.name,
+                "id": rid if rid is not None else f"{self._id_prefix}{next(self._ids)}",
+                "outputs": outputs,
+            },
+            option=orjson.OPT_SERIALIZE_NUMPY,
+        )
+
+    # -- health and metadata ----------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return not self.stopping and self.manager.state.ready and self.metrics.peers_ready()
+
+    def _health(self, which: str) -> web.Response:
+        if which == "live":
+            return _json({"live": True})
+        if self.ready:
+            return _json({"ready": True})
+        return _json({"ready": False, "reason": self._not_ready_reason()}, 503)
+
+    def _not_ready_reason(self) -> str:
+        if self.stopping:
+            return "shutting down"
+        state = self.manager.state
+        if state.table is None:
+            return self.manager.table_error or "no routing table yet"
+        waiting = [
+            f"{v.name}: {v.status.state} ({v.status.reason})"
+            for v in state.versions.values()
+            if v.model is None
+        ]
+        return "; ".join(waiting) or "another worker is not ready"
+
+    def _server_metadata(self) -> web.Response:
+        return _json({"name": "modelops", "version": __version__, "extensions": []})
+
+    def _unknown_model(self, state: ServingState, name: str) -> web.Response:
+        serving = f" (this server serves {state.model_name!r})" if state.table else ""
+        return _error(f"unknown model {name!r}{serving}", 404)
+
+    def _ready(self, state: ServingState, version: str | None) -> web.Response:
+        if version is None:
+            ready = state.ready
+        else:
+            found = state.aliases.get(version)
+            if found is None:
+                return _error(f"model {state.model_name!r} has no version {version!r}", 404)
+            ready = found.model is not None
+        body = {"name": state.model_name, "ready": ready}
+        if version is not None:
+            body["version"] = version
+        return _json(body, 200 if ready else 503)
+
+    def _model_metadata(self, state: ServingState, version: str | None) -> web.Response:
+        table = state.table
+        assert table is not None
+        if version is not None:
+            shown = state.aliases.get(version)
+            if shown is None:
+                return _error(f"model {table.model!r} has no version {version!r}", 404)
+        else:
+            shown = next(
+                (v for v in state.versions.values() if v.entry.role == "stable"),
+                next(iter(state.versions.values())),
+            )
+        entry = shown.entry
+        signature = entry.signature
+        classifier = signature.task == "classification"
+        if shown.model is not None:
+            label_type = shown.model.output_datatype
+            n_classes = len(shown.model.labels)
+        else:
+            label_type = "BYTES" if classifier else "FP64"
+            n_classes = len(signature.classes or [])
+        outputs = [{"name": OUTPUT_PREDICT, "datatype": label_type, "shape": [-1]}]
+        if classifier:
+            outputs.append({"name": OUTPUT_PROBA, "datatype": "FP64", "shape": [-1, n_classes]})
+        return _json(
+            {
+                "name": table.model,
+                "versions": [shown.name] if version is not None else list(state.versions),
+                "platform": "sklearn",
+                "inputs": [
+                    {"name": f.name, "datatype": f.datatype, "shape": [-1]}
+                    for f in signature.inputs
+                ],
+                "outputs": outputs,
+                "parameters": {
+                    "deployment": table.deployment,
+                    "namespace": table.namespace,
+                    "ready": state.ready,
+                    "routingError": self.manager.table_error,
+                    "versions": [_status(v) for v in state.versions.values()],
+                },
+            }
+        )
+
+    # -- background work ------------------------------------------------------------------------
+
+    async def flush_sketches(self, *, final: bool = False) -> int:
+        """Write the sketch windows (only those at least a second old unless ``final``)."""
+
+        def counted(ok: bool) -> None:
+            self.metrics.sketch_flushes["ok" if ok else "error"] += 1
+
+        return await self.writer.flush(self.manager.windows(final=final), counted)
+
+    async def sketch_loop(self) -> None:
+        interval = self.config.sketch_interval
+        while True:
+            # Windows end on multiples of the interval, so pods' windows line up.
+            await asyncio.sleep(interval - time.time() % interval)
+            try:
+                await self.flush_sketches()
+            except Exception:
+                logger.exception("sketch flush failed")
+
+    async def snapshot_loop(self, period: float = 1.0) -> None:
+        while True:
+            try:
+                self.metrics.write_snapshot()
+            except OSError as exc:
+                logger.warning("could not write the metrics snapshot: %s", exc)
+            await asyncio.sleep(period)
+
+
+def _status(v: ServedVersion) -> dict[str, Any]:
+    return {
+        "name": v.name,
+        "number": v.entry.version_number,
+        "role": v.entry.role,
+        "weight": v.entry.weight,
+        "state": v.status.state,
+        "reason": v.status.reason,
+        "message": v.status.message,
+        "sha256": v.entry.artifact.sha256,
+        "predictor": v.model.predictor.kind if v.model is not None else None,
+        "sketch": v.window is not None,
+    }

@@ -1,0 +1,233 @@
+"""Live sketch windows: what each version saw, written to the object store every few seconds.
+
+The request path only appends a batch's (already validated) arrays to a short list. Once
+enough rows are pending they are counted into the version's :class:`Sketch` on one background
+thread, in a single vectorized ``update``; that thread also owns building and resetting the
+windows, so the event loop never waits for counting (numpy releases the GIL while it bins).
+Memory is bounded: at most ``MAX_PENDING_ROWS`` rows wait; beyond that, rows are counted in
+``dropped`` rather than kept.
+
+Window object: ``<namespace>/sketches/<deployment>/<version>/<start>-<pod>.json`` holding
+``Sketch.to_dict()`` plus ``deployment, version, pod, start, end, requests, errors,
+latency_buckets`` (cumulative counts per upper bound in seconds, Prometheus ``le`` style) and
+``dropped``. A window in which nothing happened is not written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from modelops.drift.sketch import Sketch
+from modelops.serving.metrics import LATENCY_BUCKETS, VersionStats, bucket_key
+from modelops.serving.protocol import Rows, concat_rows
+from modelops.storage import ArtifactStore, Location
+
+logger = logging.getLogger(__name__)
+
+MIN_WINDOW_SECONDS = 1.0
+"""Windows are keyed by their start in whole seconds: a window ends (except the last one, at
+shutdown) only once it is this old, so keys never collide."""
+FOLD_ROWS = 1024
+"""Rows gathered before one background ``Sketch.update`` (its fixed cost is per call)."""
+MAX_PENDING_ROWS = 65536
+
+
+def sketch_key(namespace: str, deployment: str, version: str, start: float, pod: str) -> str:
+    return f"{namespace}/sketches/{deployment}/{version}/{int(start)}-{pod}.json"
+
+
+class SketchWindow:
+    """The open window of one version in one worker."""
+
+    def __init__(
+        self,
+        executor: ThreadPoolExecutor,
+        profile: dict[str, Any],
+        stats: VersionStats,
+        now: float,
+    ) -> None:
+        self.executor = executor
+        self.profile = profile
+        self.fingerprint = str(profile.get("fingerprint"))
+        self.stats = stats
+        self.start = now
+        self._sketch = Sketch.empty(profile, start=now)
+        self._names = [str(s["name"]) for s in profile["signature"]]
+        self._baseline = _counters(stats)
+        self._rows: list[Rows] = []
+        self._predictions: list[npt.NDArray[Any]] = []
+        self._pending = 0
+        self._in_flight = 0
+        self._dropped = 0
+
+    def add(self, rows: Rows, n: int, predictions: npt.NDArray[Any] | None) -> None:
+        """One predicted batch (event loop thread)."""
+        if self._pending + self._in_flight >= MAX_PENDING_ROWS:
+            self._dropped += n
+            return
+        self._rows.append(rows)
+        if predictions is not None:
+            self._predictions.append(predictions)
+        self._pending += n
+        if self._pending >= FOLD_ROWS:
+            self._submit_fold()
+
+    def _submit_fold(self) -> None:
+        rows, predictions, n = self._rows, self._predictions, self._pending
+        self._rows, self._predictions, self._pending = [], [], 0
+        self._in_flight += n
+        future = self.executor.submit(self._fold, rows, predictions)
+        loop = asyncio.get_running_loop()
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._folded, n))
+
+    def _folded(self, n: int) -> None:
+        self._in_flight -= n
+
+    def _fold(self, rows: list[Rows], predictions: list[npt.NDArray[Any]]) -> None:
+        """Background thread: count the batches into the sketch."""
+        if not rows:
+            return
+        try:
+            labels = np.concatenate(predictions) if predictions else None
+            self._sketch.update(self._sorted_columns(concat_rows(rows)), labels)
+        except Exception:  # a counting bug must not take serving down
+            logger.exception("sketch update failed for %s", self.stats.version)
+
+    def _sorted_columns(self, rows: Rows) -> dict[str, npt.NDArray[Any]]:
+        """Each numeric column sorted on its own.
+
+        A sketch counts every feature independently, so the order of a column's values does
+        not change it; binning sorted values (numpy's binary search reuses its last bounds
+        on sorted keys) takes about half the time of binning them in arrival order.
+        """
+        if isinstance(rows, np.ndarray):
+            ordered = np.sort(rows.T, axis=1)
+            return {name: ordered[j] for j, name in enumerate(self._names)}
+        return {
+            name: np.sort(column) if column.dtype == np.float64 else column
+            for name, column in rows.items()
+        }
+
+    def close(self, now: float) -> Future[dict[str, Any] | None]:
+        """End the window: the payload to write (or None when empty); a new window starts.
+
+        Runs on the event loop thread, but the counting and serialization happen on the
+        sketch thread, after every fold already queued.
+        """
+        rows, predictions = self._rows, self._predictions
+        self._rows, self._predictions, self._pending = [], [], 0
+        counters, self._baseline = _delta(_counters(self.stats), self._baseline)
+        dropped, self._dropped = self._dropped, 0
+        start, self.start = self.start, now
+        return self.executor.submit(self._close, rows, predictions, counters, dropped, start, now)
+
+    def _close(
+        self,
+        rows: list[Rows],
+        predictions: list[npt.NDArray[Any]],
+        counters: dict[str, Any],
+        dropped: int,
+        start: float,
+        end: float,
+    ) -> dict[str, Any] | None:
+        self._fold(rows, predictions)
+        sketch, self._sketch = self._sketch, Sketch.empty(self.profile, start=end)
+        if counters["requests"] == 0 and sketch.n_rows == 0 and dropped == 0:
+            return None
+        sketch.end = end
+        cumulative, total = {}, 0
+        for bound, n in zip((*LATENCY_BUCKETS, float("inf")), counters["latency"], strict=True):
+            total += n
+            cumulative[bucket_key(bound)] = total
+        return sketch.to_dict() | {
+            "deployment": "",
+            "version": self.stats.version,
+            "pod": "",
+            "start": start,
+            "end": end,
+            "requests": counters["requests"],
+            "errors": counters["errors"],
+            "latency_buckets": cumulative,
+            "dropped": dropped,
+        }
+
+
+def _counters(stats: VersionStats) -> dict[str, Any]:
+    return {
+        "requests": stats.requests,
+        "errors": stats.error_count,
+        "latency": list(stats.latency),
+    }
+
+
+def _delta(now: dict[str, Any], before: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    delta = {
+        "requests": now["requests"] - before["requests"],
+        "errors": now["errors"] - before["errors"],
+        "latency": [a - b for a, b in zip(now["latency"], before["latency"], strict=True)],
+    }
+    return delta, now
+
+
+class SketchWriter:
+    """Closes every open window each interval and writes the non-empty ones."""
+
+    def __init__(
+        self,
+        store: ArtifactStore | None,
+        bucket: str,
+        pod: str,
+        interval: float,
+    ) -> None:
+        self.store = store
+        self.bucket = bucket
+        self.pod = pod
+        self.interval = interval
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sketch")
+        self.written: list[str] = []
+
+    async def flush(
+        self, windows: list[tuple[str, str, SketchWindow]], on_result: Any = None
+    ) -> int:
+        """Close the windows of ``(namespace, deployment, window)`` and write them; returns
+        how many objects were written."""
+        now = time.time()
+        closing = [(ns, dep, w, w.close(now)) for ns, dep, w in windows]
+        written = 0
+        for namespace, deployment, window, future in closing:
+            payload = await asyncio.wrap_future(future)
+            if payload is None:
+                continue
+            payload["deployment"], payload["pod"] = deployment, self.pod
+            version = window.stats.version
+            key = sketch_key(namespace, deployment, version, payload["start"], self.pod)
+            ok = await self._put(key, orjson.dumps(payload))
+            written += ok
+            if on_result is not None:
+                on_result(ok)
+        return written
+
+    async def _put(self, key: str, data: bytes) -> bool:
+        if self.store is None:
+            return False
+        try:
+            await asyncio.to_thread(
+                self.store.put, Location(self.bucket, key), data, "application/json"
+            )
+        except Exception as exc:
+            logger.warning("could not write sketch %s: %s", key, exc)
+            return False
+        self.written.append(key)
+        del self.written[:-100]
+        return True
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)

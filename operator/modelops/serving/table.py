@@ -1,0 +1,70 @@
+"""The routing table: the contract between the operator (which writes it into the Deployment's
+ConfigMap, key ``routing.json``) and every serving pod (which reads it).
+
+    {"deployment": "iris", "namespace": "default", "model": "iris",
+     "versions": [
+       {"name": "iris-v1", "role": "stable", "weight": 90,
+        "artifact": {"uri": "s3://modelops/default/iris/<uid>/model.skops", "sha256": "..."},
+        "profile": {"uri": "s3://modelops/default/iris/<uid>/profile.json", "sha256": "..."},
+        "signature": {"task": "classification", "inputs": [...], "classes": [...]}},
+       {"name": "iris-v2", "role": "canary", "weight": 10, ...}]}
+
+Weights are integers that sum to 100; a version at weight 0 stays loaded and answers only
+requests that name it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from modelops.api.common import ArtifactRef, Model
+from modelops.api.modelversion import Signature
+
+CONFIGMAP_KEY = "routing.json"
+_NUMBER_SUFFIX = re.compile(r"-v([0-9]+)$")
+
+
+class VersionEntry(Model):
+    name: str = Field(min_length=1)
+    """The ModelVersion's name, e.g. ``iris-v2``."""
+    role: Literal["stable", "canary"] = "stable"
+    weight: int = Field(ge=0, le=100)
+    artifact: ArtifactRef
+    profile: ArtifactRef | None = None
+    signature: Signature
+    number: int | None = Field(default=None, ge=1)
+    """The version number; taken from a ``-v<N>`` name suffix when absent."""
+
+    @property
+    def version_number(self) -> int | None:
+        if self.number is not None:
+            return self.number
+        match = _NUMBER_SUFFIX.search(self.name)
+        return int(match.group(1)) if match else None
+
+
+class RoutingTable(Model):
+    deployment: str = Field(min_length=1)
+    namespace: str = "default"
+    model: str = Field(min_length=1)
+    versions: list[VersionEntry] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RoutingTable:
+        names = [v.name for v in self.versions]
+        if len(set(names)) != len(names):
+            raise ValueError(f"version names repeat: {names}")
+        numbers = [v.version_number for v in self.versions if v.version_number is not None]
+        if len(set(numbers)) != len(numbers):
+            raise ValueError(f"version numbers repeat: {numbers}")
+        total = sum(v.weight for v in self.versions)
+        if total != 100:
+            raise ValueError(f"weights must sum to 100, not {total}")
+        return self
+
+    def names(self) -> set[str]:
+        """The names a client may use for this model."""
+        return {self.model, self.deployment}
