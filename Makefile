@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 .DEFAULT_GOAL := help
 
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,10 +48,14 @@ run: $(STAMP) ## Run the operator against the current kubeconfig
 demo: $(STAMP) ## The whole loop on this machine, no cluster needed
 	$(PY) -m modelops local demo
 
-bench: $(STAMP) ## Print the benchmarks (drift statistics)
+bench: bench-drift bench-serve ## Print every benchmark (numbers, not pass/fail)
+
+bench-drift: $(STAMP) ## Drift statistics: profile build, sketch fill, one check, vs exact KS
 	$(PY) tests/bench/bench_drift.py
 
-bench-drift: bench ## Drift benchmark only
+bench-serve: $(STAMP) ## Model server under wrk vs the in-process predict floor
+	@command -v wrk >/dev/null || (apt-get install -y wrk >/dev/null 2>&1 || (apt-get update >/dev/null && apt-get install -y wrk >/dev/null))
+	$(PY) tests/bench/bench_serve.py
 
 deploy: ## Install the operator on the current cluster (kubectl apply -k)
 	kubectl apply --server-side -k manifests/overlays/prod
@@ -70,4 +74,4 @@ e2e-kind: $(STAMP) ## Run the real-cluster tests (needs Docker and kind)
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .venv-checkov .pytest_cache .mypy_cache .ruff_cache .modelops
 
-.PHONY: help install test unit lint format typecheck crds verify-crds run demo bench bench-drift deploy undeploy images e2e-kind clean
+.PHONY: help install test unit lint format typecheck crds verify-crds run demo bench bench-drift bench-serve deploy undeploy images e2e-kind clean

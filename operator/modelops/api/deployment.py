@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from modelops.api.common import (
     CONDITIONS_FIELD,
@@ -85,6 +85,13 @@ class DeploymentSpec(Model):
     """Server image; the operator's default runtime image when omitted."""
     routing: Literal["model", "gateway"] = "model"
     gateway: Gateway | None = None
+
+    @model_validator(mode="after")
+    def _gateway_has_parents(self) -> DeploymentSpec:
+        # The CRD's CEL rule says the same; this catches objects that bypassed admission.
+        if self.routing == "gateway" and self.gateway is None:
+            raise ValueError("routing: gateway needs spec.gateway.parentRefs")
+        return self
 
 
 DeploymentPhase = Literal["Pending", "Stable", "Progressing", "Promoted", "RolledBack", "Degraded"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from modelops.api.common import CONDITIONS_FIELD, DURATION_PATTERN, NAME_PATTERN, Condition, Model
 from modelops.api.trainingrun import TrainingRunSpec
@@ -46,6 +46,13 @@ class DriftMonitorSpec(Model):
     min_samples: int = Field(default=100, ge=1)
     action: Literal["rollback", "alert", "retrain"] = "alert"
     retrain: Retrain | None = None
+
+    @model_validator(mode="after")
+    def _retrain_has_template(self) -> DriftMonitorSpec:
+        # The CRD's CEL rule says the same; this catches objects that bypassed admission.
+        if self.action == "retrain" and self.retrain is None:
+            raise ValueError("action: retrain needs spec.retrain.template")
+        return self
 
 
 DriftPhase = Literal["Pending", "Healthy", "Drifted", "InsufficientData"]

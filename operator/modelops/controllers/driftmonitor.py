@@ -19,6 +19,7 @@ from modelops.controllers.main import get_settings, runtime
 from modelops.controllers.metrics import DRIFT_DETECTED, DRIFT_SCORE, RETRAINS, observed
 from modelops.controllers.status import StatusWriter, invalid_spec
 from modelops.drift import DriftReport, Sketch, detect
+from modelops.resources.training import retrain_run
 from modelops.storage import ArtifactError, Location
 
 _profiles: dict[str, dict[str, Any]] = {}
@@ -207,17 +208,13 @@ async def _retrain(
     if last and time.time() - parse_time(last) < cooldown:
         return
     number = int(current.get("retrains") or 0) + 1
-    name = f"{monitor.metadata['name']}-retrain-{number}"[:63]
-    run = {
-        "apiVersion": API_VERSION,
-        "kind": "TrainingRun",
-        "metadata": {
-            "name": name,
-            "namespace": monitor.metadata["namespace"],
-            "labels": {f"{GROUP}/drift-monitor": monitor.metadata["name"]},
-        },
-        "spec": spec.retrain.template.wire(),
-    }
+    run = retrain_run(
+        monitor.metadata["name"],
+        monitor.metadata["namespace"],
+        number,
+        spec.retrain.template.wire(),
+    )
+    name = run["metadata"]["name"]
     kopf.adopt(run, owner=body)
     _, created = await runtime.cluster.create(run)
     if created:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from modelops import API_VERSION, GROUP
 from modelops.api.trainingrun import TrainingRun
 from modelops.resources.common import (
     RUN_UID_LABEL,
@@ -72,6 +73,22 @@ def training_job(run: TrainingRun, settings: Settings) -> dict[str, Any]:
                 },
             },
         },
+    }
+
+
+def retrain_run(
+    monitor: str, namespace: str, number: int, template: dict[str, Any]
+) -> dict[str, Any]:
+    """The TrainingRun a DriftMonitor creates; its name is fixed by the retrain's number."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "TrainingRun",
+        "metadata": {
+            "name": child_name(monitor, f"retrain-{number}"),
+            "namespace": namespace,
+            "labels": {f"{GROUP}/drift-monitor": monitor},
+        },
+        "spec": template,
     }
 
 
