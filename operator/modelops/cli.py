@@ -50,8 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         return train_main(args.spec, args.output, args.termination_log)
     if args.command == "crds":
         return _crds(args.out, args.check)
-    print("modelops local: not yet implemented (see issue 5)", file=sys.stderr)
-    return 2
+    from modelops.local.commands import main as local_main
+
+    return local_main(args.action)
 
 
 def _crds(out: Path, check: bool) -> int:

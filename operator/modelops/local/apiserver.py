@@ -338,7 +338,10 @@ def _now() -> str:
 class ApiEmulator(kmock.KubernetesEmulator):
     """kmock's emulator with Kubernetes semantics for objects' lifecycle and for watches."""
 
-    request_log_limit: int = 2000  # kmock keeps every request for assertions; bound it
+    # kmock keeps every request for assertions, and matches each new request against its
+    # reactions by scanning that log: a long log makes every request slow (a busy local
+    # cluster wants a short one).
+    request_log_limit: int = 20
     history_limit: int = 50  # versions kept per object in ``.objects[...].history``
     event_log_limit: int = 10_000  # a watch resuming from before the kept events gets 410
 
@@ -350,6 +353,8 @@ class ApiEmulator(kmock.KubernetesEmulator):
     _log_floor: int = attrs.field(default=0, init=False)
     _changed: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
     _closing: bool = attrs.field(default=False, init=False)
+    # Where a pod's log is (``kubectl logs``): set by whoever runs the pods (the local executor).
+    pod_logs: Callable[[str, str], Path | None] | None = None
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -507,6 +512,8 @@ class ApiEmulator(kmock.KubernetesEmulator):
         return obj if same else {**obj, "apiVersion": spec.api_version}
 
     async def _serve_fetch(self, request: kmock.Request) -> kmock.Payload:
+        if request.subresource == "log":
+            return self._serve_log(request)
         spec, _, obj = self._existing(request)
         if self._tabular(request):
             return Response(status=200, payload=self._table(spec, request, [obj]))
@@ -520,6 +527,38 @@ class ApiEmulator(kmock.KubernetesEmulator):
         meta = {"resourceVersion": str(self._rv)}
         payload = {"apiVersion": spec.api_version, "kind": f"{spec.kind}List", "metadata": meta}
         return Response(status=200, payload={**payload, "items": items})
+
+    def _serve_log(self, request: kmock.Request) -> kmock.Payload:
+        """``pods/<name>/log``: the text so far; with ``follow``, then what is appended."""
+        spec = self.spec(request.resource)
+        name = request.name or ""
+        if spec.resource != kmock.resource("", "v1", "pods"):
+            raise api_error(404, "NotFound", "the server could not find the requested resource")
+        key = self._key(spec, request.namespace, name)
+        if self._current(key) is None:
+            raise api_error(404, "NotFound", f'pods "{name}" not found', spec, name)
+        path = self.pod_logs(request.namespace or "", name) if self.pod_logs else None
+        if path is None or not path.exists():
+            message = f'container in pod "{name}" is waiting to start: no log yet'
+            raise api_error(400, "BadRequest", message, spec, name)
+        text = path.read_bytes()
+        if (tail := request.params.get("tailLines", "")).isdigit():
+            text = b"".join(text.splitlines(keepends=True)[-int(tail) :]) if int(tail) else b""
+        headers = {"Content-Type": "text/plain"}
+        if request.params.get("follow") not in ("true", "1"):
+            return Response(status=200, headers=headers, payload=text)
+        return Response(status=200, headers=headers, payload=self._follow(key, path, text))
+
+    async def _follow(self, key: Key, path: Path, first: bytes) -> AsyncIterator[bytes]:
+        yield first
+        offset = path.stat().st_size
+        while not self._closing and self._current(key) is not None:
+            await asyncio.sleep(0.5)
+            with path.open("rb") as handle:
+                handle.seek(offset)
+                if chunk := handle.read():
+                    offset += len(chunk)
+                    yield chunk
 
     # -- server-side printing (kubectl get) --
 
@@ -773,11 +812,18 @@ class ApiServer:
     """
 
     def __init__(
-        self, crds: Iterable[Mapping[str, Any]] = (), *, host: str = "127.0.0.1", port: int = 0
+        self,
+        crds: Iterable[Mapping[str, Any]] = (),
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        request_log_limit: int | None = None,
     ) -> None:
         self.crds = [copy.deepcopy(dict(crd)) for crd in crds]
         self.host, self.port = host, port
         self.emulator = ApiEmulator()
+        if request_log_limit is not None:
+            self.emulator.request_log_limit = request_log_limit
         self._url: str | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from modelops.local.processes import child_setup
 from modelops.storage import ArtifactStore
 
 # weed mini listens on one port per component; grpc ports default to http port + 10000,
@@ -81,6 +82,10 @@ class S3Server:
             "-admin.ui=false",
             "-webdav=false",
             *(f"-{flag}={port}" for flag, port in self.ports.items()),
+            # Iceberg and Lance catalogs default to fixed ports (8181, 9101) that would clash
+            # with a second server on the machine; 0 turns them off.
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
         ]
         env = {
             **os.environ,
@@ -89,7 +94,12 @@ class S3Server:
         }
         log = (self.data_dir / "weed.log").open("wb")
         self.process = subprocess.Popen(
-            args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            args,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=child_setup(),  # dies with us, even on SIGKILL
         )
         self._wait_ready()
 

@@ -256,7 +256,7 @@ def _pod_status(pod: Obj) -> str:
         state = cs.get("state", {})
         if waiting := state.get("waiting"):
             reason = waiting.get("reason") or reason
-        elif (done := state.get("terminated")) and reason not in ("Succeeded",):
+        elif done := state.get("terminated"):
             reason = done.get("reason") or ("Completed" if done.get("exitCode") == 0 else "Error")
     return str(reason)
 

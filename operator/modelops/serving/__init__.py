@@ -1,5 +1,14 @@
 """The model server (``python -m modelops serve``): Open Inference Protocol v2 over HTTP.
 
+Endpoints: ``GET /v2/health/live``, ``/v2/health/ready`` (200 only when every version of the
+routing table is verified and loaded, else 503 with the reason), ``/v2`` (server metadata),
+``/v2/models/{model}[/versions/{version}]`` (metadata), ``.../ready``, ``POST .../infer``
+(``{version}`` is a ModelVersion name such as ``iris-v2`` or its number ``2``), and
+``GET /metrics``. Errors are JSON ``{"error": "..."}``: 400 bad input, 404 unknown model,
+version or path, 405 wrong method, 413 body over ``--max-body-bytes``, 503 version not
+servable. ``parameters: {"probabilities": true}`` or ``outputs: [{"name": "predict_proba"}]``
+adds class probabilities.
+
 Modules: :mod:`app` (processes, CLI), :mod:`server` (HTTP endpoints), :mod:`protocol`
 (requests -> numpy), :mod:`batcher` (micro-batching), :mod:`predictors` (batch predict),
 :mod:`models` (verified loading), :mod:`state` (routing tables -> atomic serving states),

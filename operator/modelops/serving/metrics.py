@@ -100,9 +100,10 @@ class VersionInfo:
 class ServerMetrics:
     """All counters of one worker process."""
 
-    def __init__(self, worker: int = 0, peers_dir: Path | None = None) -> None:
+    def __init__(self, worker: int = 0, peers_dir: Path | None = None, workers: int = 1) -> None:
         self.worker = worker
         self.peers_dir = peers_dir
+        self.workers = workers
         self.versions: dict[tuple[str, str], VersionStats] = {}
         self.batches = [0] * (len(BATCH_BUCKETS) + 1)
         self.batch_rows = 0
@@ -164,13 +165,18 @@ class ServerMetrics:
         return found
 
     def peers_ready(self) -> bool:
-        return all(s.get("ready") for s in self.peer_snapshots())
+        """Every other worker has published a snapshot (so it listens) and is ready."""
+        peers = self.peer_snapshots()
+        return len(peers) >= self.workers - 1 and all(s.get("ready") for s in peers)
 
     # -- exposition ------------------------------------------------------------------------------
 
-    def render(self) -> bytes:
+    def render(self, own: dict[str, Any] | None = None) -> bytes:
+        """The Prometheus text. Pass ``own`` (a :meth:`snapshot` taken on the event loop) to
+        render on another thread while the loop keeps counting."""
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Collector(self, [self.snapshot(), *self.peer_snapshots()]))
+        snapshots = [own if own is not None else self.snapshot(), *self.peer_snapshots()]
+        registry.register(_Collector(self, snapshots))
         return generate_latest(registry)
 
 

@@ -8,6 +8,7 @@ answer, 404 and 405 included, is JSON with an ``error`` message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -35,11 +36,11 @@ from modelops.serving.protocol import (
 )
 from modelops.serving.sketches import SketchWriter
 from modelops.serving.state import ModelManager, ServedVersion, ServingState
-from modelops.storage import ArtifactStore
+from modelops.storage import ArtifactStore, Location
 
 logger = logging.getLogger(__name__)
 
-JSON = "application/json"
+JSON_HEADERS = {"Content-Type": "application/json"}  # cheaper than content_type= per response
 Handler = Callable[[], Awaitable[web.Response]]
 
 
@@ -50,21 +51,23 @@ class ServerConfig:
     bucket: str = "modelops"
     pod: str = "local"
     worker: int = 0
+    workers: int = 1
     peers_dir: Path | None = None
 
 
 def _json(doc: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(doc), status=status, content_type=JSON)
+    return web.Response(body=orjson.dumps(doc), status=status, headers=JSON_HEADERS)
 
 
 def _error(message: str, status: int) -> web.Response:
-    return web.Response(body=error_body(message), status=status, content_type=JSON)
+    return web.Response(body=error_body(message), status=status, headers=JSON_HEADERS)
 
 
 class ModelServer:
     def __init__(self, config: ServerConfig, store: ArtifactStore | None) -> None:
         self.config = config
-        self.metrics = ServerMetrics(config.worker, config.peers_dir)
+        self.metrics = ServerMetrics(config.worker, config.peers_dir, config.workers)
+        self.store = store
         self.writer = SketchWriter(store, config.bucket, config.pod, config.sketch_interval)
         self.manager = ModelManager(store, self.metrics, self.writer.executor)
         self.batcher = Batcher(self.metrics)
@@ -107,10 +110,11 @@ class ModelServer:
             if len(parts) == 3 and parts[1] == "health" and parts[2] in ("live", "ready"):
                 return self._get(method) or self._health(parts[2])
         elif parts == ["metrics"]:
-            return self._get(method) or web.Response(
-                body=await asyncio.to_thread(self.metrics.render),
-                headers={"Content-Type": CONTENT_TYPE_LATEST},
-            )
+            if (bad := self._get(method)) is not None:
+                return bad
+            own = self.metrics.snapshot()  # here, consistent; the text is built off the loop
+            text = await asyncio.to_thread(self.metrics.render, own)
+            return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE_LATEST})
         return _error(f"no such endpoint: {method} {request.path}", 404)
 
     async def _model_route(
@@ -159,7 +163,7 @@ class ModelServer:
             status, body = exc.status, error_body(str(exc))
         stats = served.stats if served is not None else self.metrics.stats(state.model_name, "")
         stats.observe(time.perf_counter() - started, status)
-        return web.Response(body=body, status=status, content_type=JSON)
+        return web.Response(body=body, status=status, headers=JSON_HEADERS)
 
     async def _body(self, request: web.BaseRequest) -> bytes:
         limit = self.config.max_body_bytes
@@ -321,6 +325,43 @@ class ModelServer:
                 await self.flush_sketches()
             except Exception:
                 logger.exception("sketch flush failed")
+
+    def pod_report(self) -> tuple[Location, dict[str, Any]] | None:
+        """Which versions this worker has loaded and verified: the operator reads these
+        reports before it gives a canary its first share of traffic."""
+        state = self.manager.state
+        if state.table is None:
+            return None
+        config = self.config
+        who = config.pod if config.workers == 1 else f"{config.pod}-w{config.worker}"
+        key = f"{state.table.namespace}/serving/{state.table.deployment}/pods/{who}.json"
+        versions = state.versions.values()
+        report = {
+            "pod": config.pod,
+            "worker": config.worker,
+            "time": time.time(),
+            "loaded": sorted(v.name for v in versions if v.model is not None),
+            "failed": {v.name: v.status.reason for v in versions if v.status.state == "Failed"},
+        }
+        return Location(config.bucket, key), report
+
+    async def report_loop(self, period: float = 2.0) -> None:
+        while True:
+            report = self.pod_report()
+            if report is not None and self.store is not None:
+                loc, doc = report
+                try:
+                    await asyncio.to_thread(self.store.put, loc, orjson.dumps(doc))
+                except Exception as exc:
+                    logger.warning("could not write the pod report %s: %s", loc.uri, exc)
+            await asyncio.sleep(period)
+
+    async def withdraw_report(self) -> None:
+        """A pod going away must not hold a canary back with a report that lacks it."""
+        report = self.pod_report()
+        if report is not None and self.store is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.store.delete_prefix, report[0])
 
     async def snapshot_loop(self, period: float = 1.0) -> None:
         while True:

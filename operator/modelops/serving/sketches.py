@@ -1,16 +1,18 @@
 """Live sketch windows: what each version saw, written to the object store every few seconds.
 
-The request path only appends a batch's (already validated) arrays to a short list. Once
-enough rows are pending they are counted into the version's :class:`Sketch` on one background
-thread, in a single vectorized ``update``; that thread also owns building and resetting the
-windows, so the event loop never waits for counting (numpy releases the GIL while it bins).
-Memory is bounded: at most ``MAX_PENDING_ROWS`` rows wait; beyond that, rows are counted in
-``dropped`` rather than kept.
+The request path appends each predicted batch's (already validated) arrays to a short list;
+every ``FOLD_ROWS`` rows they are counted into the version's :class:`Sketch` in one vectorized
+``update``, on the event loop (about a millisecond per fold). Counting on another thread was
+measured to cost more than it hides: the event loop then contends for the GIL around every
+socket call, which costs more CPU than the counting itself. What is slow but rare stays off the
+loop: serializing a closed window and building the next empty sketch run on a background
+thread while the loop only swaps references. Memory is bounded: at most ``FOLD_ROWS`` rows plus
+one batch wait, and a sketch has a fixed size.
 
 Window object: ``<namespace>/sketches/<deployment>/<version>/<start>-<pod>.json`` holding
 ``Sketch.to_dict()`` plus ``deployment, version, pod, start, end, requests, errors,
-latency_buckets`` (cumulative counts per upper bound in seconds, Prometheus ``le`` style) and
-``dropped``. A window in which nothing happened is not written.
+latency_buckets`` (cumulative counts per upper bound in seconds, Prometheus ``le`` style).
+A window in which nothing happened is not written.
 """
 
 from __future__ import annotations
@@ -36,8 +38,7 @@ MIN_WINDOW_SECONDS = 1.0
 """Windows are keyed by their start in whole seconds: a window ends (except the last one, at
 shutdown) only once it is this old, so keys never collide."""
 FOLD_ROWS = 1024
-"""Rows gathered before one background ``Sketch.update`` (its fixed cost is per call)."""
-MAX_PENDING_ROWS = 65536
+"""Rows gathered before one ``Sketch.update`` (whose fixed cost is per call, per feature)."""
 
 
 def sketch_key(namespace: str, deployment: str, version: str, start: float, pod: str) -> str:
@@ -45,7 +46,7 @@ def sketch_key(namespace: str, deployment: str, version: str, start: float, pod:
 
 
 class SketchWindow:
-    """The open window of one version in one worker."""
+    """The open window of one version in one worker (used from the event loop only)."""
 
     def __init__(
         self,
@@ -59,42 +60,32 @@ class SketchWindow:
         self.fingerprint = str(profile.get("fingerprint"))
         self.stats = stats
         self.start = now
-        self._sketch = Sketch.empty(profile, start=now)
         self._names = [str(s["name"]) for s in profile["signature"]]
+        self._sketch = Sketch.empty(profile, start=now)
+        self._spare: Future[Sketch] = executor.submit(Sketch.empty, profile)
         self._baseline = _counters(stats)
         self._rows: list[Rows] = []
         self._predictions: list[npt.NDArray[Any]] = []
         self._pending = 0
-        self._in_flight = 0
-        self._dropped = 0
+
+    @property
+    def pending(self) -> int:
+        return self._pending
 
     def add(self, rows: Rows, n: int, predictions: npt.NDArray[Any] | None) -> None:
-        """One predicted batch (event loop thread)."""
-        if self._pending + self._in_flight >= MAX_PENDING_ROWS:
-            self._dropped += n
-            return
+        """One predicted batch."""
         self._rows.append(rows)
         if predictions is not None:
             self._predictions.append(predictions)
         self._pending += n
         if self._pending >= FOLD_ROWS:
-            self._submit_fold()
+            self._fold()
 
-    def _submit_fold(self) -> None:
-        rows, predictions, n = self._rows, self._predictions, self._pending
-        self._rows, self._predictions, self._pending = [], [], 0
-        self._in_flight += n
-        future = self.executor.submit(self._fold, rows, predictions)
-        loop = asyncio.get_running_loop()
-        future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._folded, n))
-
-    def _folded(self, n: int) -> None:
-        self._in_flight -= n
-
-    def _fold(self, rows: list[Rows], predictions: list[npt.NDArray[Any]]) -> None:
-        """Background thread: count the batches into the sketch."""
-        if not rows:
+    def _fold(self) -> None:
+        if not self._rows:
             return
+        rows, predictions = self._rows, self._predictions
+        self._rows, self._predictions, self._pending = [], [], 0
         try:
             labels = np.concatenate(predictions) if predictions else None
             self._sketch.update(self._sorted_columns(concat_rows(rows)), labels)
@@ -117,30 +108,22 @@ class SketchWindow:
         }
 
     def close(self, now: float) -> Future[dict[str, Any] | None]:
-        """End the window: the payload to write (or None when empty); a new window starts.
-
-        Runs on the event loop thread, but the counting and serialization happen on the
-        sketch thread, after every fold already queued.
-        """
-        rows, predictions = self._rows, self._predictions
-        self._rows, self._predictions, self._pending = [], [], 0
+        """End the window and start the next; the payload to write (None when empty) is
+        serialized on the background thread."""
+        self._fold()
+        closed = self._sketch
+        spare = self._spare.result() if self._spare.done() else Sketch.empty(self.profile)
+        spare.start = now
+        self._sketch = spare
+        self._spare = self.executor.submit(Sketch.empty, self.profile)
         counters, self._baseline = _delta(_counters(self.stats), self._baseline)
-        dropped, self._dropped = self._dropped, 0
         start, self.start = self.start, now
-        return self.executor.submit(self._close, rows, predictions, counters, dropped, start, now)
+        return self.executor.submit(self._payload, closed, counters, start, now)
 
-    def _close(
-        self,
-        rows: list[Rows],
-        predictions: list[npt.NDArray[Any]],
-        counters: dict[str, Any],
-        dropped: int,
-        start: float,
-        end: float,
+    def _payload(
+        self, sketch: Sketch, counters: dict[str, Any], start: float, end: float
     ) -> dict[str, Any] | None:
-        self._fold(rows, predictions)
-        sketch, self._sketch = self._sketch, Sketch.empty(self.profile, start=end)
-        if counters["requests"] == 0 and sketch.n_rows == 0 and dropped == 0:
+        if counters["requests"] == 0 and sketch.n_rows == 0:
             return None
         sketch.end = end
         cumulative, total = {}, 0
@@ -156,7 +139,6 @@ class SketchWindow:
             "requests": counters["requests"],
             "errors": counters["errors"],
             "latency_buckets": cumulative,
-            "dropped": dropped,
         }
 
 

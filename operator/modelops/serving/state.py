@@ -140,10 +140,11 @@ class ModelManager:
         self.state = ServingState.empty()
         self.table_error: str | None = None
         self._cache: dict[str, LoadedModel] = {}
+        self._failed: dict[str, LoadError] = {}
+        self._loading: dict[str, asyncio.Task[None]] = {}
         self._windows: dict[str, SketchWindow] = {}
         self._latest: Any = None
         self._latest_seq = 0
-        self._applied_seq = 0
         self._wake = asyncio.Event()
         self._failures = 0
         self._retry: asyncio.TimerHandle | None = None
@@ -155,17 +156,48 @@ class ModelManager:
         self._wake.set()
 
     async def run(self) -> None:
+        """Apply each submitted table; a newer table supersedes one still loading."""
         while True:
             await self._wake.wait()
             self._wake.clear()
-            seq, raw = self._latest_seq, self._latest
             try:
-                await self.apply(raw)
+                await self.apply(self._latest, supersedable=True)
             except Exception:
                 logger.exception("applying the routing table failed")
-            self._applied_seq = seq
 
-    async def apply(self, raw: Any) -> ServingState:
+    async def apply(self, raw: Any, *, supersedable: bool = False) -> ServingState:
+        """Make ``raw`` the serving state once each of its versions is loaded or has failed.
+
+        A table that only changes weights or roles needs no loading and swaps at once, so a
+        rollback never waits behind a download. With ``supersedable``, a newer submitted
+        table abandons this one (its downloads go on, for whichever table needs them).
+        """
+        table = self._parse(raw)
+        if table is None:
+            return self.state
+        if self.state.table is None:
+            # Nothing serves yet: show the table as loading (metadata works, not ready).
+            loading = [self._served(table, e, None, LOADING) for e in table.versions]
+            self._swap(build_state(table, loading))
+        waiting = [
+            self._start_load(e)
+            for e in table.versions
+            if cache_key(e) not in self._cache and cache_key(e) not in self._failed
+        ]
+        if waiting:
+            everything: asyncio.Future[Any] = asyncio.gather(*waiting)
+            if supersedable:
+                newer: asyncio.Future[Any] = asyncio.ensure_future(self._wake.wait())
+                await asyncio.wait({everything, newer}, return_when=asyncio.FIRST_COMPLETED)
+                newer.cancel()
+                if not everything.done():
+                    logger.info("routing table superseded while loading")
+                    return self.state
+            else:
+                await everything
+        return self._install(table, raw)
+
+    def _parse(self, raw: Any) -> RoutingTable | None:
         try:
             if isinstance(raw, str | bytes):
                 table = RoutingTable.model_validate_json(raw)
@@ -175,27 +207,19 @@ class ModelManager:
             self.table_error = str(exc).replace("\n", "; ")
             self.metrics.table_updates["invalid"] += 1
             logger.error("ignoring invalid routing table: %s", self.table_error)
-            return self.state
+            return None
         self.table_error = None
-        if self.state.table is None:
-            # Nothing serves yet: show the table as loading (metadata works, not ready).
-            loading = [self._served(table, e, None, LOADING) for e in table.versions]
-            self._swap(build_state(table, loading))
-        todo = [e for e in table.versions if cache_key(e) not in self._cache]
-        results = await asyncio.gather(*(self._load(e) for e in todo))
-        failures = {}
-        for entry, result in zip(todo, results, strict=True):
-            if isinstance(result, LoadedModel):
-                self._cache[cache_key(entry)] = result
-            else:
-                failures[entry.name] = result
+        return table
+
+    def _install(self, table: RoutingTable, raw: Any) -> ServingState:
         served = []
         for entry in table.versions:
-            model = self._cache.get(cache_key(entry))
+            key = cache_key(entry)
+            model = self._cache.get(key)
             if model is not None:
                 status = VersionStatus("Ready", "Verified", f"sha256 {entry.artifact.sha256}")
             else:
-                error = failures[entry.name]
+                error = self._failed[key]
                 status = VersionStatus("Failed", error.reason, str(error))
             served.append(self._served(table, entry, model, status))
         state = build_state(table, served)
@@ -203,23 +227,32 @@ class ModelManager:
         self.metrics.table_updates["applied"] += 1
         keep = {cache_key(e) for e in table.versions}
         self._cache = {k: m for k, m in self._cache.items() if k in keep}
-        self._schedule_retry(raw if failures else None)
+        self._schedule_retry(raw if any(v.model is None for v in served) else None)
         return state
 
-    async def _load(self, entry: VersionEntry) -> LoadedModel | LoadError:
-        if self.store is None:
-            return LoadError("NoStore", "no object store is configured")
+    def _start_load(self, entry: VersionEntry) -> asyncio.Task[None]:
+        key = cache_key(entry)
+        task = self._loading.get(key)
+        if task is None:
+            task = self._loading[key] = asyncio.create_task(self._load(key, entry))
+        return task
+
+    async def _load(self, key: str, entry: VersionEntry) -> None:
         started = time.monotonic()
         try:
-            model = await asyncio.to_thread(load, self.store, entry)
+            if self.store is None:
+                raise LoadError("NoStore", "no object store is configured")
+            self._cache[key] = await asyncio.to_thread(load, self.store, entry)
         except LoadError as exc:
             logger.error("version %s refused: %s: %s", entry.name, exc.reason, exc)
-            return exc
+            self._failed[key] = exc
         except Exception as exc:  # the store unreachable, and the like: retried
             logger.error("version %s could not be loaded: %s", entry.name, exc)
-            return LoadError("LoadFailed", str(exc))
-        logger.info("version %s ready in %.2fs", entry.name, time.monotonic() - started)
-        return model
+            self._failed[key] = LoadError("LoadFailed", str(exc))
+        else:
+            logger.info("version %s ready in %.2fs", entry.name, time.monotonic() - started)
+        finally:
+            self._loading.pop(key, None)
 
     def _served(
         self,
@@ -288,7 +321,8 @@ class ModelManager:
         seq = self._latest_seq
 
         def retry() -> None:
-            if self._latest_seq == seq:  # a newer table is on its way anyway
+            self._failed.clear()
+            if self._latest_seq == seq:  # else a newer table is on its way anyway
                 self.submit(raw)
 
         self._retry = asyncio.get_running_loop().call_later(delay, retry)

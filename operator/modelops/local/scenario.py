@@ -1,0 +1,474 @@
+"""The demo's story, also asserted by the end-to-end tests.
+
+Train ``<model>-v1`` (TrainingRun -> Job -> ModelVersion), serve it (Deployment -> pods ->
+Service), send traffic, train ``<model>-v2``, walk it through the canary steps, then either
+
+- ``rollback``: at the second step the canary's traffic drifts; the DriftMonitor fires and
+  the Deployment rolls the canary back to v1, with the monitor's reason; or
+- ``promote``: the traffic stays clean and v2 is promoted.
+
+Every stage is timed; every answer the clients got is kept; the end checks that the clients
+saw no failed request and that, after the rollback (or promotion), every answer comes from
+the version that should serve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import aiohttp
+import kopf
+import pandas as pd
+from sklearn.datasets import load_iris
+
+from modelops import API_VERSION
+from modelops.controllers.cluster import ApiError, Cluster
+from modelops.local.cluster import NAMESPACE
+from modelops.local.traffic import Answer, Traffic, TrafficStats
+from modelops.local.view import KINDS, View
+from modelops.storage import ArtifactStore, Location
+
+Obj = dict[str, Any]
+DATASET_KEY = "datasets/iris.csv"
+TARGET = "species"
+
+
+def iris_frame() -> pd.DataFrame:
+    """scikit-learn's bundled iris (150 rows), with plain column names and species as text."""
+    data = load_iris(as_frame=True)
+    frame = data.frame.rename(columns=lambda c: c.replace(" (cm)", "").replace(" ", "_"))
+    frame[TARGET] = [data.target_names[i] for i in frame.pop("target")]
+    return frame
+
+
+class Backend(Protocol):
+    """Where the story runs: the local cluster, or a real one (tests/kind)."""
+
+    def connection(self) -> kopf.ConnectionInfo:
+        """How to reach the Kubernetes API."""
+
+    def store(self) -> ArtifactStore:
+        """The object store the operator uses (for the dataset)."""
+
+    def service_url(self, name: str, namespace: str = NAMESPACE, port: int | None = None) -> str:
+        """``http://host:port`` of a Service; LookupError while it has none."""
+
+
+# -- the resources --------------------------------------------------------------------------------
+
+
+def training_run(
+    name: str, model: str, estimator: str, params: Mapping[str, Any], bucket: str
+) -> Obj:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "TrainingRun",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "model": model,
+            "dataset": {"uri": f"s3://{bucket}/{DATASET_KEY}", "target": TARGET},
+            "estimator": {"name": estimator, "params": dict(params)},
+            "seed": 42,
+            "testSize": 0.25,
+            "register": {"minMetrics": {"accuracy": 0.85}},
+            "backoffLimit": 0,
+        },
+    }
+
+
+def deployment(name: str, model: str, steps: list[Obj], monitor: str, replicas: int) -> Obj:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "model": model,
+            "stable": {"version": "latest"},
+            "canary": {"version": "latest", "steps": steps},
+            "gates": {"accuracy": 0.85},
+            "rollback": {"driftMonitors": [monitor], "maxErrorRate": 0.05, "minSamples": 50},
+            "replicas": replicas,
+            # A CPU limit of 1: each pod's server runs one worker process (it sizes its workers
+            # by the CPUs it may use), which keeps the demo light on a small machine.
+            "resources": {"requests": {"cpu": "250m"}, "limits": {"cpu": "1"}},
+        },
+    }
+
+
+def drift_monitor(name: str, deployment_name: str) -> Obj:
+    # A short window and interval so the demo is quick: windows of the canary's live data older
+    # than 20s drop out, so the drift of its newest traffic is not diluted for long.
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "DriftMonitor",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "deployment": deployment_name,
+            "traffic": "auto",
+            "window": "20s",
+            "interval": "2s",
+            "minSamples": 50,
+            "driftShare": 0.5,
+            "action": "rollback",
+        },
+    }
+
+
+# -- the result -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    outcome: Literal["rollback", "promote"]
+    model: str
+    started: float  # time.time()
+    stages: list[tuple[str, float]] = field(default_factory=list)  # (stage, time.time())
+    traffic: TrafficStats = field(default_factory=TrafficStats)
+    after: list[Answer] = field(default_factory=list)  # the answers checked at the end
+    expected_version: str = ""  # who must answer after the rollback or promotion
+    finished_at: float | None = None  # rollback or promotion observed (time.time())
+    reason: str = ""  # the Deployment's last history entry: reason and message
+    objects: dict[str, dict[str, Obj]] = field(default_factory=dict)  # final, by kind and name
+
+    def at(self, stage: str) -> float | None:
+        return next((t for s, t in self.stages if s == stage), None)
+
+    @property
+    def drift_to_rollback(self) -> float | None:
+        first = self.traffic.first_drifted
+        if first is None or self.finished_at is None:
+            return None
+        return self.finished_at - first
+
+    def problems(self) -> list[str]:
+        """What went wrong for the clients; empty when the story ended as it should."""
+        found = []
+        if errors := self.traffic.errors():
+            found.append(
+                f"{len(errors)} failed requests, e.g. {errors[0].error or errors[0].status}"
+            )
+        wrong = [a for a in self.after if a.version != self.expected_version]
+        if not self.after:
+            found.append("no answers were checked at the end")
+        elif wrong:
+            found.append(
+                f"{len(wrong)}/{len(self.after)} answers at the end came from "
+                f"{sorted({str(a.version) for a in wrong})}, not {self.expected_version}"
+            )
+        return found
+
+
+class ScenarioError(Exception):
+    """A stage did not happen in time (the message says which, and what was seen last)."""
+
+
+# -- the runner -----------------------------------------------------------------------------------
+
+
+class Scenario:
+    def __init__(
+        self,
+        cluster: Backend,
+        view: View,
+        *,
+        outcome: Literal["rollback", "promote"] = "rollback",
+        model: str = "iris",
+        replicas: int = 2,
+        rate: float = 40.0,
+        stage_timeout: float = 150.0,
+        check_requests: int = 200,
+    ) -> None:
+        self.cluster = cluster
+        self.view = view
+        self.outcome = outcome
+        self.model = model
+        self.replicas = replicas
+        self.rate = rate
+        self.stage_timeout = stage_timeout
+        self.check_requests = check_requests
+        self.deployment = model
+        self.monitor = f"{model}-drift"
+        self.runs = (f"{model}-logreg", f"{model}-forest")
+        self.versions = (f"{model}-v1", f"{model}-v2")
+        slow = "2m" if outcome == "rollback" else "5s"
+        self.steps = [{"weight": 20, "pause": "10s"}, {"weight": 50, "pause": slow}]
+        self.result = Result(outcome, model, time.time())
+        self.objects: dict[str, dict[str, Obj]] = {kind: {} for kind in KINDS}
+        self.traffic: Traffic | None = None
+        self._client: Cluster | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._history_seen = 0
+        self._phases: dict[tuple[str, str], str] = {}
+
+    # -- helpers --
+
+    def mark(self, stage: str, text: str = "", style: str = "bold") -> None:
+        """A stage reached: timed under its short name, narrated with ``text`` (if the objects'
+        own narration does not tell it already)."""
+        self.result.stages.append((stage, time.time()))
+        if text:
+            self.view.say(text, style)
+
+    def obj(self, kind: str, name: str) -> Obj:
+        return self.objects[kind].get(name) or {}
+
+    def status(self, kind: str, name: str) -> Obj:
+        return dict(self.obj(kind, name).get("status") or {})
+
+    async def until(self, what: str, probe: Callable[[], Any]) -> Any:
+        """Wait (on the watcher's snapshots) until ``probe()`` is truthy."""
+        deadline = time.monotonic() + self.stage_timeout
+        while time.monotonic() < deadline:
+            failure = getattr(self.cluster, "failure", None)  # a local cluster can tell
+            if failure is not None and (why := failure()):
+                raise ScenarioError(f"while waiting for {what}: {why}")
+            if self._watcher is not None and self._watcher.done():
+                self._watcher.result()  # raises what stopped it
+                raise ScenarioError("the status watcher stopped")
+            if value := probe():
+                return value
+            await asyncio.sleep(0.1)
+        seen = {
+            k: {n: o.get("status") for n, o in objs.items()} for k, objs in self.objects.items()
+        }
+        raise ScenarioError(f"timed out after {self.stage_timeout:.0f}s waiting for {what}; {seen}")
+
+    async def _watch(self) -> None:
+        """Poll the four kinds; keep the snapshot, the traffic's canary weight and the story."""
+        assert self._client is not None
+        while True:
+            try:
+                for kind in KINDS:
+                    items = await self._client.list(API_VERSION, kind, NAMESPACE, {})
+                    self.objects[kind] = {
+                        o["metadata"]["name"]: o for o in items if _model_of(kind, o) == self.model
+                    }
+            except (ApiError, aiohttp.ClientError, TimeoutError):
+                await asyncio.sleep(0.5)  # a hiccup of the API: the next poll sees the state
+                continue
+            dep = self.status("Deployment", self.deployment)
+            if self.traffic is not None:
+                canary_on = dep.get("phase") == "Progressing" and dep.get("step") is not None
+                self.traffic.canary_weight = int(dep.get("canaryWeight") or 0) if canary_on else 0
+            self._narrate()
+            listed = {kind: list(objs.values()) for kind, objs in self.objects.items()}
+            self.view.update(listed, self.traffic.stats if self.traffic is not None else None)
+            await asyncio.sleep(0.25)
+
+    def _narrate(self) -> None:
+        history = self.status("Deployment", self.deployment).get("history") or []
+        for entry in history[self._history_seen :]:
+            style = "red" if entry["event"] in ("DriftDetected", "ErrorRateExceeded") else "green"
+            self.view.say(f"Deployment {self.deployment}: {entry['message']}", style)
+        self._history_seen = max(self._history_seen, len(history))
+        for kind in ("TrainingRun", "ModelVersion", "DriftMonitor"):
+            for name, obj in self.objects[kind].items():
+                status = obj.get("status") or {}
+                phase = status.get("phase")
+                if not phase or self._phases.get((kind, name)) == phase:
+                    continue
+                self._phases[(kind, name)] = phase
+                if kind == "DriftMonitor":
+                    if phase == "Drifted":
+                        self.view.say(f"DriftMonitor {name} fired: {status.get('message')}", "red")
+                    elif phase == "Healthy":
+                        features = status.get("features") or []
+                        drifted = sum(bool(f.get("drifted")) for f in features)
+                        self.view.say(
+                            f"DriftMonitor {name}: Healthy on {status.get('version')} "
+                            f"({status.get('samples')} samples, {drifted}/{len(features)} "
+                            "features drifted)"
+                        )
+                elif kind == "TrainingRun" and phase in ("Succeeded", "Failed"):
+                    made = status.get("modelVersion")
+                    extra = f" -> ModelVersion {made}" if made else ""
+                    self.view.say(f"TrainingRun {name} {phase}: {status.get('message')}{extra}")
+                elif kind == "ModelVersion" and phase == "Ready":
+                    self.view.say(f"ModelVersion {name} Ready: {status.get('message')}")
+
+    # -- the story --
+
+    async def run(self) -> Result:
+        client = self._client = Cluster(self.cluster.connection())
+        watcher = self._watcher = asyncio.create_task(self._watch(), name="scenario-watch")
+        try:
+            await self._story(client)
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+            if self.traffic is not None:
+                await self.traffic.stop()
+                self.result.traffic = self.traffic.stats
+            self.result.objects = {k: dict(v) for k, v in self.objects.items()}
+            await client.close()
+        return self.result
+
+    async def _story(self, client: Cluster) -> None:
+        store = self.cluster.store()
+        frame = iris_frame()
+        bucket = "modelops"
+        await asyncio.to_thread(
+            store.put, Location(bucket, DATASET_KEY), frame.to_csv(index=False).encode()
+        )
+        first, second = self.runs
+        v1, v2 = self.versions
+        await client.create(
+            training_run(first, self.model, "LogisticRegression", {"max_iter": 500}, bucket)
+        )
+        await client.create(
+            deployment(self.deployment, self.model, self.steps, self.monitor, self.replicas)
+        )
+        await client.create(drift_monitor(self.monitor, self.deployment))
+        weights = " -> ".join(f"{s['weight']}% for {s['pause']}" for s in self.steps)
+        self.mark(
+            "dataset uploaded, resources applied",
+            f"Uploaded s3://{bucket}/{DATASET_KEY} ({len(frame)} rows of scikit-learn's iris); "
+            f"applied TrainingRun {first}, Deployment {self.deployment} (canary {weights}), "
+            f"DriftMonitor {self.monitor} (action: rollback)",
+        )
+
+        await self._trained(first, v1)
+        await self.until(
+            f"{self.deployment} serving {v1}",
+            lambda: (
+                (s := self.status("Deployment", self.deployment)).get("stableVersion") == v1
+                and (s.get("readyReplicas") or 0) >= self.replicas
+            ),
+        )
+        url = await self.until("the Service's address", self._service_url)
+        self.mark(
+            f"stable {v1} serving",
+            f"Stable {v1} served by {self.replicas} pods; the Service is at {url}",
+            "bold green",
+        )
+
+        features = [c for c in frame.columns if c != TARGET]
+        self.traffic = Traffic(
+            url,
+            self.model,
+            features,
+            frame[features].to_numpy().tolist(),
+            stds=frame[features].std().tolist(),
+            rate=self.rate,
+            prefix=f"{self.model}-req",
+        )
+        self.traffic.start()
+        self.view.say(
+            f"Traffic: {self.rate:.0f} OIP v2 infer requests/s with request ids, "
+            "rows drawn from the dataset"
+        )
+
+        await client.create(
+            training_run(
+                second,
+                self.model,
+                "RandomForestClassifier",
+                {"n_estimators": 30, "max_depth": 4},
+                bucket,
+            )
+        )
+        self.view.say(f"Applied TrainingRun {second} (RandomForestClassifier)")
+        await self._trained(second, v2)
+        await self._step(0, v2)
+        await self._step(1, v2)
+        if self.outcome == "rollback":
+            await self._rollback(v1, v2)
+        else:
+            await self._promotion(v2)
+        await self._check()
+
+    async def _trained(self, run: str, version: str) -> None:
+        def done() -> str | None:
+            phase = self.status("TrainingRun", run).get("phase")
+            if phase == "Failed":
+                raise ScenarioError(f"TrainingRun {run} failed: {self.status('TrainingRun', run)}")
+            return str(phase) if phase == "Succeeded" else None
+
+        await self.until(f"TrainingRun {run} to succeed", done)
+        self.mark(f"{version} trained")
+        await self.until(
+            f"ModelVersion {version} Ready",
+            lambda: self.status("ModelVersion", version).get("phase") == "Ready",
+        )
+        self.mark(f"{version} Ready")
+
+    async def _step(self, index: int, canary: str) -> None:
+        weight = self.steps[index]["weight"]
+        await self.until(
+            f"canary {canary} step {index + 1}",
+            lambda: (
+                (s := self.status("Deployment", self.deployment)).get("canaryVersion") == canary
+                and s.get("step") == index
+            ),
+        )
+        self.mark(f"canary step {index + 1} ({weight}%)")
+
+    async def _rollback(self, stable: str, canary: str) -> None:
+        assert self.traffic is not None
+        self.traffic.drift_canary = True
+        self.view.say(
+            f"The canary's traffic drifts now: the requests {canary} answers carry rows "
+            "shifted by +1.5 standard deviations on every feature",
+            "red",
+        )
+        await self.until(
+            f"DriftMonitor {self.monitor} to fire on {canary}",
+            lambda: (
+                (s := self.status("DriftMonitor", self.monitor)).get("version") == canary
+                and any(
+                    c.get("type") == "Drifted" and c.get("status") == "True"
+                    for c in s.get("conditions") or []
+                )
+            ),
+        )
+        self.mark("drift detected")
+        await self.until(
+            f"{self.deployment} to roll back",
+            lambda: self.status("Deployment", self.deployment).get("phase") == "RolledBack",
+        )
+        self.result.finished_at = time.time()
+        last = (self.status("Deployment", self.deployment).get("history") or [{}])[-1]
+        self.result.reason = f"{last.get('reason')}: {last.get('message')}"
+        self.result.expected_version = stable
+        self.mark(f"rolled back to {stable}")
+
+    async def _promotion(self, canary: str) -> None:
+        await self.until(
+            f"{self.deployment} to promote {canary}",
+            lambda: self.status("Deployment", self.deployment).get("phase") == "Promoted",
+        )
+        self.result.finished_at = time.time()
+        last = (self.status("Deployment", self.deployment).get("history") or [{}])[-1]
+        self.result.reason = f"{last.get('reason')}: {last.get('message')}"
+        self.result.expected_version = canary
+        self.mark(f"{canary} promoted")
+
+    async def _check(self) -> None:
+        """After the routing change reached the pods (watch latency), who answers?"""
+        assert self.traffic is not None
+        await asyncio.sleep(1.0)
+        self.result.after = await self.traffic.batch(self.check_requests)
+        served = sum(a.version == self.result.expected_version for a in self.result.after)
+        self.mark(
+            f"{len(self.result.after)} answers checked",
+            f"Checked: {served}/{len(self.result.after)} answers from "
+            f"{self.result.expected_version}",
+            "bold green" if served == len(self.result.after) else "bold red",
+        )
+
+    def _service_url(self) -> str | None:
+        try:
+            return self.cluster.service_url(self.deployment)
+        except LookupError:
+            return None
+
+
+def _model_of(kind: str, obj: Obj) -> str | None:
+    spec = obj.get("spec") or {}
+    if kind == "DriftMonitor":
+        return str(spec.get("deployment"))  # the demo's deployments are named as their models
+    return spec.get("model")
