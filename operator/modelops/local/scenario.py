@@ -430,22 +430,22 @@ class Scenario:
             f"{self.deployment} to roll back",
             lambda: self.status("Deployment", self.deployment).get("phase") == "RolledBack",
         )
-        self.result.finished_at = time.time()
-        last = (self.status("Deployment", self.deployment).get("history") or [{}])[-1]
-        self.result.reason = f"{last.get('reason')}: {last.get('message')}"
-        self.result.expected_version = stable
-        self.mark(f"rolled back to {stable}")
+        self._finished(stable, f"rolled back to {stable}")
 
     async def _promotion(self, canary: str) -> None:
         await self.until(
             f"{self.deployment} to promote {canary}",
             lambda: self.status("Deployment", self.deployment).get("phase") == "Promoted",
         )
+        self._finished(canary, f"{canary} promoted")
+
+    def _finished(self, expected: str, label: str) -> None:
+        """Record the outcome: when, why (the last history entry), and who should answer now."""
         self.result.finished_at = time.time()
         last = (self.status("Deployment", self.deployment).get("history") or [{}])[-1]
         self.result.reason = f"{last.get('reason')}: {last.get('message')}"
-        self.result.expected_version = canary
-        self.mark(f"{canary} promoted")
+        self.result.expected_version = expected
+        self.mark(label)
 
     async def _check(self) -> None:
         """After the routing change reached the pods (watch latency), who answers?"""
