@@ -218,8 +218,6 @@ def run_worker(options: Options, index: int, peers: Path | None) -> int:
 
 
 async def _serve(options: Options, index: int, peers: Path | None) -> int:
-    from aiohttp import web
-
     from modelops.serving.routing_source import from_environment
     from modelops.serving.server import ModelServer, ServerConfig
     from modelops.storage import ArtifactError, ArtifactStore
@@ -246,16 +244,8 @@ async def _serve(options: Options, index: int, peers: Path | None) -> int:
         peers_dir=peers,
     )
     server = ModelServer(config, store)
-    runner = web.ServerRunner(
-        server.web_server(access_log=None),
-        handle_signals=False,
-        shutdown_timeout=options.drain_timeout,
-    )
-    await runner.setup()
-    site = web.TCPSite(
-        runner, options.host, options.port, reuse_port=peers is not None, backlog=2048
-    )
-    await site.start()
+    http = server.http_server()
+    await http.start(options.host, options.port, reuse_port=peers is not None)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -272,7 +262,7 @@ async def _serve(options: Options, index: int, peers: Path | None) -> int:
     await stop.wait()
     logger.info("stopping: draining in-flight requests")
     server.stopping = True
-    await runner.cleanup()
+    await http.close(options.drain_timeout)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)

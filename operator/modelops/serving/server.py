@@ -1,8 +1,8 @@
-"""The HTTP side of the model server: Open Inference Protocol v2 REST, plus ``/metrics``.
+"""The model server's endpoints: Open Inference Protocol v2 REST, plus ``/metrics``.
 
-aiohttp's low-level server with one handler and a small path dispatcher: no router, no
-middleware, no Application per request (a measurable share of a 1-row request), and every
-answer, 404 and 405 included, is JSON with an ``error`` message.
+One handler and a small path dispatcher on the server's own HTTP layer (``http.py``); every
+answer, 404 and 405 included, is JSON with an ``error`` message. Everything but inference is
+answered synchronously, without a task.
 """
 
 from __future__ import annotations
@@ -13,17 +13,17 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
-from aiohttp import web
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from modelops import __version__
 from modelops.serving.batcher import Batcher, Prediction
+from modelops.serving.http import HttpServer, Request, Response
 from modelops.serving.metrics import NO_VERSION, ServerMetrics
 from modelops.serving.protocol import (
     OUTPUT_PREDICT,
@@ -40,9 +40,6 @@ from modelops.storage import ArtifactStore, Location
 
 logger = logging.getLogger(__name__)
 
-JSON_HEADERS = {"Content-Type": "application/json"}  # cheaper than content_type= per response
-Handler = Callable[[], Awaitable[web.Response]]
-
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -55,12 +52,12 @@ class ServerConfig:
     peers_dir: Path | None = None
 
 
-def _json(doc: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(doc), status=status, headers=JSON_HEADERS)
+def _json(doc: Any, status: int = 200) -> Response:
+    return Response(status, orjson.dumps(doc))
 
 
-def _error(message: str, status: int) -> web.Response:
-    return web.Response(body=error_body(message), status=status, headers=JSON_HEADERS)
+def _error(message: str, status: int) -> Response:
+    return Response(status, error_body(message))
 
 
 class ModelServer:
@@ -75,58 +72,41 @@ class ModelServer:
         self._ids = itertools.count(1)
         self._id_prefix = f"{config.pod}-{os.getpid():x}-"
 
-    def web_server(self, **kwargs: Any) -> web.Server:
-        """The aiohttp low-level server (call inside the event loop); serve it with a
-        ``web.ServerRunner``. ``kwargs`` go to aiohttp's request handler."""
-        loop = asyncio.get_running_loop()
-        limit = self.config.max_body_bytes
-
-        def request(
-            message: Any, payload: Any, protocol: Any, writer: Any, task: Any
-        ) -> web.BaseRequest:
-            return web.BaseRequest(
-                message, payload, protocol, writer, task, loop, client_max_size=limit
-            )
-
-        return web.Server(self.dispatch, request_factory=request, **kwargs)
+    def http_server(self) -> HttpServer:
+        """The HTTP server for this model server; ``start`` it inside the event loop."""
+        return HttpServer(self.dispatch, max_body=self.config.max_body_bytes)
 
     # -- dispatch -------------------------------------------------------------------------------
 
-    async def dispatch(self, request: web.BaseRequest) -> web.Response:
-        try:
-            return await self._dispatch(request)
-        except Exception:  # a bug, not the client's fault: say so in JSON
-            logger.exception("%s %s failed", request.method, request.path)
-            return _error("internal server error", 500)
-
-    async def _dispatch(self, request: web.BaseRequest) -> web.Response:
+    def dispatch(self, request: Request) -> Response | Awaitable[Response]:
         parts = request.path.strip("/").split("/")
         method = request.method
         if parts[0] == "v2":
             if len(parts) >= 3 and parts[1] == "models":
-                return await self._model_route(request, method, parts[2], parts[3:])
+                return self._model_route(request, method, parts[2], parts[3:])
             if len(parts) == 1:
                 return self._get(method) or self._server_metadata()
             if len(parts) == 3 and parts[1] == "health" and parts[2] in ("live", "ready"):
                 return self._get(method) or self._health(parts[2])
         elif parts == ["metrics"]:
-            if (bad := self._get(method)) is not None:
-                return bad
-            own = self.metrics.snapshot()  # here, consistent; the text is built off the loop
-            text = await asyncio.to_thread(self.metrics.render, own)
-            return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE_LATEST})
+            return self._get(method) or self._metrics()
         return _error(f"no such endpoint: {method} {request.path}", 404)
 
-    async def _model_route(
-        self, request: web.BaseRequest, method: str, name: str, rest: list[str]
-    ) -> web.Response:
+    async def _metrics(self) -> Response:
+        own = self.metrics.snapshot()  # here, consistent; the text is built off the loop
+        text = await asyncio.to_thread(self.metrics.render, own)
+        return Response(200, text, CONTENT_TYPE_LATEST)
+
+    def _model_route(
+        self, request: Request, method: str, name: str, rest: list[str]
+    ) -> Response | Awaitable[Response]:
         version: str | None = None
         if len(rest) >= 2 and rest[0] == "versions":
             version, rest = rest[1], rest[2:]
         if rest == ["infer"]:
             if method != "POST":
                 return _error("use POST for infer", 405)
-            return await self.infer(request, name, version)
+            return self.infer(request, name, version)
         if rest in ([], ["ready"]):
             if (bad := self._get(method)) is not None:
                 return bad
@@ -137,12 +117,12 @@ class ModelServer:
         return _error(f"no such endpoint: {method} {request.path}", 404)
 
     @staticmethod
-    def _get(method: str) -> web.Response | None:
+    def _get(method: str) -> Response | None:
         return None if method in ("GET", "HEAD") else _error(f"{method} is not allowed here", 405)
 
     # -- inference --------------------------------------------------------------------------------
 
-    async def infer(self, request: web.BaseRequest, name: str, version: str | None) -> web.Response:
+    async def infer(self, request: Request, name: str, version: str | None) -> Response:
         started = time.perf_counter()
         state = self.manager.state
         if not state.knows(name):
@@ -150,7 +130,7 @@ class ModelServer:
             return self._unknown_model(state, name)
         served: ServedVersion | None = None
         try:
-            doc = parse_json(await self._body(request))
+            doc = parse_json(request.body)
             rid = request_id(doc)
             served = state.resolve(version) if version is not None else state.route(rid)
             model = served.model
@@ -163,19 +143,7 @@ class ModelServer:
             status, body = exc.status, error_body(str(exc))
         stats = served.stats if served is not None else self.metrics.stats(state.model_name, "")
         stats.observe(time.perf_counter() - started, status)
-        return web.Response(body=body, status=status, headers=JSON_HEADERS)
-
-    async def _body(self, request: web.BaseRequest) -> bytes:
-        limit = self.config.max_body_bytes
-        length = request.content_length
-        if length is not None and length > limit:
-            raise ProtocolError(
-                f"request body of {length} bytes is over the {limit}-byte limit", 413
-            )
-        try:
-            return await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise ProtocolError(f"request body is over the {limit}-byte limit", 413) from None
+        return Response(status, body)
 
     def _answer(
         self,
@@ -222,7 +190,7 @@ class ModelServer:
     def ready(self) -> bool:
         return not self.stopping and self.manager.state.ready and self.metrics.peers_ready()
 
-    def _health(self, which: str) -> web.Response:
+    def _health(self, which: str) -> Response:
         if which == "live":
             return _json({"live": True})
         if self.ready:
@@ -242,14 +210,14 @@ class ModelServer:
         ]
         return "; ".join(waiting) or "another worker is not ready"
 
-    def _server_metadata(self) -> web.Response:
+    def _server_metadata(self) -> Response:
         return _json({"name": "modelops", "version": __version__, "extensions": []})
 
-    def _unknown_model(self, state: ServingState, name: str) -> web.Response:
+    def _unknown_model(self, state: ServingState, name: str) -> Response:
         serving = f" (this server serves {state.model_name!r})" if state.table else ""
         return _error(f"unknown model {name!r}{serving}", 404)
 
-    def _ready(self, state: ServingState, version: str | None) -> web.Response:
+    def _ready(self, state: ServingState, version: str | None) -> Response:
         if version is None:
             ready = state.ready
         else:
@@ -262,7 +230,7 @@ class ModelServer:
             body["version"] = version
         return _json(body, 200 if ready else 503)
 
-    def _model_metadata(self, state: ServingState, version: str | None) -> web.Response:
+    def _model_metadata(self, state: ServingState, version: str | None) -> Response:
         table = state.table
         assert table is not None
         if version is not None:

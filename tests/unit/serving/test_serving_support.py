@@ -22,7 +22,6 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pandas as pd
-from aiohttp import web
 from sklearn.datasets import load_iris
 
 from modelops.api.trainingrun import TrainingRunSpec
@@ -148,20 +147,17 @@ async def serve_in_process(
     table: Mapping[str, Any] | None,
     **config: Any,
 ) -> AsyncIterator[tuple[ModelServer, str]]:
-    """The server's aiohttp app on a free loopback port, the table applied (models loaded)."""
+    """The server on a free loopback port, the table applied (models loaded)."""
     server = ModelServer(ServerConfig(**config), store)
     if table is not None:
         await server.manager.apply(dict(table))
-    runner = web.ServerRunner(server.web_server(access_log=None), shutdown_timeout=5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
+    http = server.http_server()
+    host, port = await http.start("127.0.0.1", 0)
     try:
         yield server, f"http://{host}:{port}"
     finally:
         server.stopping = True
-        await runner.cleanup()
+        await http.close(5)
         server.writer.close()
 
 
