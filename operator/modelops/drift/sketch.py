@@ -195,6 +195,79 @@ class _Layout:
             )
 
 
+class _Packed:
+    """All binned numeric features of a live sketch counted together.
+
+    Their count and offset arrays are views of two shared buffers, so after one binary search
+    per feature a whole batch is counted with one ``bincount`` per buffer: per-feature numpy
+    calls on small arrays, not the values, were most of the cost of a serving pod's batches.
+    """
+
+    def __init__(
+        self,
+        names: list[str],
+        columns: npt.NDArray[np.intp],
+        edges: list[FloatArray],
+        anchors: FloatArray,
+        bases: npt.NDArray[np.intp],
+        counts: IntArray,
+        offsets: FloatArray,
+    ) -> None:
+        self.names = frozenset(names)
+        self.columns = columns
+        self.edges = edges
+        self.anchors = anchors
+        self.bases = bases
+        self.counts = counts
+        self.offsets = offsets
+
+    @classmethod
+    def of(cls, layouts: dict[str, _Layout], features: dict[str, FeatureCounts]) -> _Packed | None:
+        chosen = [
+            (j, name, layout)
+            for j, (name, layout) in enumerate(layouts.items())
+            if layout.kind == "numeric" and not layout.exact
+        ]
+        if len(chosen) < 2:
+            return None
+        sizes = [layout.edges.size + 1 for _, _, layout in chosen]
+        bases = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.intp)
+        counts = np.zeros(sum(sizes), dtype=np.int64)
+        offsets = np.zeros(sum(sizes), dtype=np.float64)
+        for (_, name, _), base, size in zip(chosen, bases, sizes, strict=True):
+            features[name].counts = counts[base : base + size]
+            features[name].offsets = offsets[base : base + size]
+        return cls(
+            [name for _, name, _ in chosen],
+            np.array([j for j, _, _ in chosen], dtype=np.intp),
+            [layout.edges for _, _, layout in chosen],
+            np.concatenate([layout.anchors for _, _, layout in chosen]),
+            bases[:, None],
+            counts,
+            offsets,
+        )
+
+    def count(self, matrix: npt.NDArray[Any]) -> bool:
+        """Count the packed features' columns of ``matrix``; False (nothing counted) when
+        they hold missing values, which the per-feature path accounts for."""
+        # Sorted keys make numpy's binary search reuse its last bounds: about twice as fast.
+        values = np.sort(matrix.T[self.columns].astype(np.float64, copy=False), axis=1)
+        if values.shape[1] == 0:
+            return True
+        if not np.isfinite(values[:, [0, -1]]).all():  # sorted: -inf first, inf and NaN last
+            return False
+        idx = np.empty(values.shape, dtype=np.intp)
+        for j, edges in enumerate(self.edges):
+            idx[j] = np.searchsorted(edges, values[j], side="right")
+        idx += self.bases
+        flat = idx.ravel()
+        size = self.counts.size
+        self.counts += np.bincount(flat, minlength=size)
+        offsets = (values - self.anchors[idx]).ravel()
+        self.offsets += np.bincount(flat, weights=offsets, minlength=size)
+        return True
+
+
 class Sketch:
     """Bounded live counts for one profile; see the module docstring.
 
@@ -220,6 +293,7 @@ class Sketch:
         self.end = end
         self._layouts: dict[str, _Layout] | None = None
         self._prediction_layout: _Layout | None = None
+        self._packed: _Packed | None = None
         if profile is not None:
             self._bind(profile)
 
@@ -231,6 +305,7 @@ class Sketch:
         assert sketch._layouts is not None and sketch._prediction_layout is not None
         sketch.features = {name: lay.empty() for name, lay in sketch._layouts.items()}
         sketch.predictions = sketch._prediction_layout.empty()
+        sketch._packed = _Packed.of(sketch._layouts, sketch.features)
         return sketch
 
     def _bind(self, profile: Mapping[str, Any]) -> None:
@@ -256,6 +331,8 @@ class Sketch:
             if columns.ndim != 2 or columns.shape[1] != len(names):
                 raise ValueError(f"expected a 2-D array with {len(names)} columns")
             batch: dict[str, Any] = {name: columns[:, j] for j, name in enumerate(names)}
+            if self._packed is not None and self._packed.count(columns):
+                batch = {k: v for k, v in batch.items() if k not in self._packed.names}
         else:
             if missing := [name for name in names if name not in columns]:
                 raise ValueError(f"batch lacks columns {missing}")
@@ -263,8 +340,8 @@ class Sketch:
         rows = {len(v) for v in batch.values()}
         if len(rows) > 1:
             raise ValueError(f"columns differ in length: {sorted(rows)}")
-        for name, layout in self._layouts.items():
-            layout.count(self.features[name], batch[name])
+        for name, values in batch.items():
+            self._layouts[name].count(self.features[name], values)
         if predictions is not None:
             assert self.predictions is not None
             self._prediction_layout.count(self.predictions, predictions)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -229,7 +230,9 @@ class _Connection(asyncio.Protocol):
         limit = self.server.max_body
         if self._length is not None and self._length > limit:
             self._fail(413, f"request body of {self._length} bytes is over the {limit}-byte limit")
-        elif self._expect and self.transport is not None and not self.done:
+        elif self._expect and self.transport is not None and not self.done and not self.busy:
+            # Behind an unanswered request a 100 would read as that request's interim answer;
+            # the client sends the body when its wait for the 100 runs out.
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
@@ -250,7 +253,11 @@ class _Connection(asyncio.Protocol):
         if "%" in path:
             path = unquote(path)
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        request = Request(self.parser.get_method().decode("latin-1"), path, body)
+        method = self.parser.get_method().decode("latin-1")
+        if method == "CONNECT":  # llhttp completes it before it stops for the "upgrade"
+            self._fail(400, "CONNECT is not supported")
+            return
+        request = Request(method, path, body)
         if not self.parser.should_keep_alive():
             self.done = True  # HTTP/1.0 or "Connection: close": this is the last request
         if self.busy:
@@ -262,18 +269,21 @@ class _Connection(asyncio.Protocol):
 
     # -- answering ---------------------------------------------------------------------------------
 
-    def _handle(self, request: Request) -> None:
-        self.busy = True
-        try:
-            result = self.server.handler(request)
-        except Exception:
-            logger.exception("%s %s failed", request.method, request.path)
-            result = Response(500, error_body("internal server error"))
-        if isinstance(result, Response):
-            self._respond(request, result)
-            return
-        task = asyncio.ensure_future(result)
-        task.add_done_callback(lambda t: self._finished(request, t))
+    def _handle(self, request: Request | None) -> None:
+        # A loop, not recursion through _respond: a long pipelined backlog behind a slow
+        # request is answered here in one go and would otherwise overflow the stack.
+        while request is not None:
+            self.busy = True
+            try:
+                result = self.server.handler(request)
+            except Exception:
+                logger.exception("%s %s failed", request.method, request.path)
+                result = Response(500, error_body("internal server error"))
+            if not isinstance(result, Response):
+                task = asyncio.ensure_future(result)
+                task.add_done_callback(functools.partial(self._finished, request))
+                return
+            request = self._respond(request, result)
 
     def _finished(self, request: Request, task: asyncio.Future[Response]) -> None:
         if task.cancelled():
@@ -283,12 +293,13 @@ class _Connection(asyncio.Protocol):
             response = Response(500, error_body("internal server error"))
         else:
             response = task.result()
-        self._respond(request, response)
+        self._handle(self._respond(request, response))
 
-    def _respond(self, request: Request, response: Response, last: bool = False) -> None:
+    def _respond(self, request: Request, response: Response, last: bool = False) -> Request | None:
+        """Write the answer; the next queued request to handle, if there is one."""
         transport = self.transport
         if transport is None or transport.is_closing():
-            return
+            return None
         last = last or (not self.queue and (self.done or self.server.closing))
         body = response.body
         head = b"".join(
@@ -309,17 +320,17 @@ class _Connection(asyncio.Protocol):
             self.busy = False
             self.queue.clear()
             self._close()
-            return
+            return None
         self.busy = False
         if self.queue:
             queued, ready = self.queue.popleft()
             if len(self.queue) < MAX_PIPELINED // 2 and not self.write_paused:
                 transport.resume_reading()
             if ready is None:
-                self._handle(queued)
-            else:
-                self.busy = True
-                self._respond(queued, ready, last=True)
+                return queued
+            self.busy = True
+            self._respond(queued, ready, last=True)
+        return None
 
     def _fail(self, status: int, message: str) -> None:
         """Answer an unreadable request and read no more: the rest of the connection's bytes

@@ -196,3 +196,48 @@ def test_merged_windows_equal_one_sketch_of_all_their_rows(batches: list[dict[st
         for batch in batches[1:]:
             merged = merged.merge(_sketch(batch))
         _assert_same(merged, _sketch(*batches))
+
+
+_NUMERIC = pd.DataFrame(
+    {
+        "a": _RNG.normal(0.0, 1.0, 3000),
+        "b": _RNG.lognormal(0.0, 2.0, 3000),  # skewed: narrow and wide bins
+        "k": _RNG.integers(0, 3, 3000).astype(float),  # exact: counted apart
+        "e": _RNG.uniform(-5.0, 5.0, 3000),
+    }
+)
+NUMERIC_PROFILE = build_profile(_NUMERIC, bins=50)
+
+
+def _by_columns(rows: np.ndarray) -> Sketch:
+    sketch = Sketch.empty(NUMERIC_PROFILE)
+    sketch.update({name: rows[:, j] for j, name in enumerate(_NUMERIC.columns)})
+    return sketch
+
+
+@pytest.mark.parametrize(
+    "case", ["reference rows", "values on the edges", "far outside", "with NaN and inf", "none"]
+)
+def test_a_matrix_counts_all_binned_features_at_once_as_column_by_column(case: str) -> None:
+    rows = _NUMERIC.to_numpy()[:500].copy()
+    if case == "values on the edges":
+        for j, name in enumerate(_NUMERIC.columns):
+            edges = np.asarray(NUMERIC_PROFILE["features"][name]["edges"])
+            rows[: edges.size, j] = edges[: len(rows)]
+    elif case == "far outside":
+        rows[::3] *= 1e6
+    elif case == "with NaN and inf":  # the packed path declines; the batch is still counted
+        rows[3, 0], rows[7, 1], rows[9, 3] = np.nan, np.inf, -np.inf
+    elif case == "none":
+        rows = rows[:0]
+    packed = Sketch.empty(NUMERIC_PROFILE)
+    features = packed.features
+    assert features["a"].counts.base is features["e"].counts.base is not None  # one buffer
+    assert features["k"].counts.base is None  # the exact feature is counted on its own
+    packed.update(rows)
+    expected = _by_columns(rows)
+    _assert_same(packed, expected)
+    # The packed arrays are the features' own: a merge or a JSON round trip sees the counts.
+    assert sum(int(f.counts.sum()) + f.missing for f in packed.features.values()) == 4 * len(rows)
+    assert packed.to_dict() == expected.to_dict()
+    _assert_same(packed.merge(packed), expected.merge(expected))
