@@ -31,6 +31,9 @@ class Facts:
     versions: list[Version]
     canary_loaded: bool = False
     """Every serving pod reports the canary loaded and verified."""
+    canary_load_failures: list[str] = field(default_factory=list)
+    """"pod: Reason: message" where a serving pod refused the canary's artifact for good
+    (digest mismatch, missing, untrusted, not a model; not an unreachable store)."""
     firing_monitors: list[tuple[str, str]] = field(default_factory=list)
     """(monitor, message) of DriftMonitors that say the canary drifted."""
     canary_requests: int = 0
@@ -149,6 +152,8 @@ def plan(spec: DeploymentSpec, state: State, facts: Facts, now: float) -> Plan:
         return _end(state, events, "ManualAbort", "aborted by modelops.dev/action=abort")
     if facts.action == "promote":
         return _promote(state, events, "promoted by modelops.dev/action=promote")
+    if facts.canary_load_failures:
+        return _end(state, events, "CanaryLoadFailed", "; ".join(facts.canary_load_failures))
     if facts.firing_monitors:
         detail = "; ".join(f"{m}: {msg}" for m, msg in facts.firing_monitors)
         return _end(state, events, "DriftDetected", detail)

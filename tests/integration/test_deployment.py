@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import time
@@ -71,9 +72,15 @@ async def routing(cluster: Cluster) -> dict[str, int]:
     return {v["name"]: v["weight"] for v in table["versions"]}
 
 
-def report_pods_loaded(s3: S3Server, *versions: str) -> None:
-    """What each serving pod writes: the versions it has loaded and verified."""
-    report = {"pod": "iris-server-0", "time": time.time(), "loaded": list(versions)}
+def report_pods_loaded(s3: S3Server, *versions: str, failed: dict[str, str] | None = None) -> None:
+    """What each serving pod writes: the versions it has loaded and verified, and those it
+    could not load, with the reason."""
+    report = {
+        "pod": "iris-server-0",
+        "time": time.time(),
+        "loaded": list(versions),
+        "failed": failed or {},
+    }
     s3.store().put(
         Location("modelops", f"{NS}/serving/iris/pods/iris-server-0.json"),
         json.dumps(report).encode(),
@@ -209,6 +216,29 @@ async def test_canary_error_rate_over_the_limit_rolls_back(
     )
     dep = await wait_status(cluster, "rolled back", phase="RolledBack")
     assert "error rate 0.150 > 0.05 over 80 requests" in dep["status"]["history"][-1]["message"]
+
+
+async def test_canary_a_pod_refuses_is_rolled_back_but_not_for_an_unreachable_store(
+    cluster: Cluster, operator: OperatorProcess, s3: S3Server, summaries: dict
+) -> None:
+    await add_version(cluster, summaries, 1)
+    await cluster.create(deployment([{"weight": 20, "pause": "1h"}]))
+    await wait_status(cluster, "stable", stableVersion="iris-v1")
+    await add_version(cluster, summaries, 2)
+    await wait_status(cluster, "loading", canaryVersion="iris-v2", canaryWeight=0)
+    # The store unreachable from a pod may pass: the canary waits, still at weight 0.
+    report_pods_loaded(s3, "iris-v1", failed={"iris-v2": "StoreUnavailable"})
+    await asyncio.sleep(3)
+    dep = await get_dep(cluster)
+    assert (dep["status"]["phase"], dep["status"]["canaryWeight"]) == ("Progressing", 0)
+    report_pods_loaded(s3, "iris-v1", failed={"iris-v2": "DigestMismatch"})
+    dep = await wait_status(cluster, "rolled back", phase="RolledBack")
+    status = dep["status"]
+    assert (status["canaryWeight"], status["rejectedVersions"]) == (0, ["iris-v2"])
+    assert await routing(cluster) == {"iris-v1": 100}
+    last = status["history"][-1]
+    assert last["reason"] == "CanaryLoadFailed"
+    assert "iris-server-0: DigestMismatch" in last["message"]
 
 
 @pytest.mark.parametrize(("action", "phase"), [("promote", "Promoted"), ("abort", "RolledBack")])

@@ -107,12 +107,14 @@ async def test_hot_swap_under_load_and_digest_refusal(
             # A canary whose artifact does not match its digest: refused, never serves.
             bad = {**v3, "artifact": {**v3["artifact"], "sha256": "f" * 64}}
             write_json(routing, routing_table([(v1, "stable", 80), (bad, "canary", 20)]))
+            bad_ready = f"{server.url}/v2/models/iris/versions/{bad['name']}/ready"
             for _ in range(100):
-                status, _ = await get(session, server.url + "/v2/health/ready")
-                if status == 503:
+                status, _ = await get(session, bad_ready)
+                if status == 503:  # in the table, refused (404 before the table is applied)
                     break
                 await asyncio.sleep(0.05)
             assert status == 503
+            assert (await get(session, server.url + "/v2/health/ready"))[0] == 200
             mark = len(seen)
             await asyncio.sleep(0.5)
             stop.set()

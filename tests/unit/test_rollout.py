@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import pytest
+
 from modelops.api.deployment import DeploymentSpec
 from modelops.rollout import Facts, Plan, State, Version, plan
 
@@ -108,6 +110,22 @@ def test_drift_monitor_firing_rolls_back_and_rejects() -> None:
     assert (s.phase, s.weight, s.stable, s.rejected) == ("RolledBack", 0, "iris-v1", ("iris-v2",))
     assert result.routes() == [("iris-v1", "stable", 100)]
     assert result.events[-1].reason == "DriftDetected" and "share 0.75" in result.events[-1].message
+
+
+@pytest.mark.parametrize("step", [None, 1])
+def test_canary_a_pod_refuses_rolls_back_while_loading_or_later(step: int | None) -> None:
+    state = (
+        State(phase="Progressing", stable="iris-v1", canary="iris-v2", weight=0)
+        if step is None
+        else progressing_at_step(step)
+    )
+    f = facts(V1, V2, canary_load_failures=["iris-server-0: DigestMismatch"])
+    result = run(state, f, 105)
+    s = result.state
+    assert (s.phase, s.weight, s.stable, s.rejected) == ("RolledBack", 0, "iris-v1", ("iris-v2",))
+    assert result.routes() == [("iris-v1", "stable", 100)]
+    event = result.events[-1]
+    assert event.reason == "CanaryLoadFailed" and "iris-server-0: DigestMismatch" in event.message
 
 
 def test_rejected_version_is_never_retried() -> None:

@@ -18,7 +18,8 @@ from modelops.controllers.main import get_settings, runtime
 from modelops.controllers.metrics import CANARY_WEIGHT, ROLLBACKS, observed
 from modelops.controllers.status import StatusWriter, invalid_spec
 from modelops.resources import serving
-from modelops.rollout import HISTORY_LIMIT, Facts, State, Version, plan
+from modelops.rollout import HISTORY_LIMIT, Event, Facts, State, Version, plan
+from modelops.serving.table import TRANSIENT_REASON
 from modelops.storage import Location
 
 ACTION_ANNOTATION = f"{GROUP}/action"
@@ -66,9 +67,11 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) ->
 
     # 2: the facts the rollout depends on
     specs = await _version_specs(namespace, dep.spec.model)
+    loaded, failures = await _pod_reports(namespace, name, state.canary)
     facts = Facts(
         versions=[_version(mv) for mv in specs.values()],
-        canary_loaded=bool(state.canary) and await _pods_loaded(namespace, name, state.canary),
+        canary_loaded=loaded,
+        canary_load_failures=failures,
         firing_monitors=await _firing_monitors(dep, state.canary) if state.canary else [],
         action=body.get("metadata", {}).get("annotations", {}).get(ACTION_ANNOTATION),
         **await _canary_counts(namespace, name, state),
@@ -93,8 +96,8 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) ->
 
     # 5: report
     for event in result.events:
-        _record(status, current, event.reason, event.message, event.version)
-        if event.reason in ("DriftDetected", "ErrorRateExceeded", "ManualAbort"):
+        _record(status, current, event)
+        if event.warning:  # every warning the plan raises is a rollback
             ROLLBACKS.labels(namespace, name, event.reason).inc()
     for version, _, weight in result.routes():
         CANARY_WEIGHT.labels(namespace, name, version).set(weight)
@@ -115,17 +118,22 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) ->
     _conditions(status, dep, new.phase, result.waiting, ready_replicas, new.stable)
 
 
-def _record(
-    status: StatusWriter, current: dict[str, Any], reason: str, message: str, version: str | None
-) -> None:
+def _record(status: StatusWriter, current: dict[str, Any], event: Event) -> None:
     history = list(status.patch.status.get("history") or current.get("history") or [])
-    entry = {"time": now_iso(), "event": reason, "version": version, "reason": reason}
-    history.append({**entry, "message": message})
+    history.append(
+        {
+            "time": now_iso(),
+            "event": event.reason,
+            "version": event.version,
+            "reason": event.reason,
+            "message": event.message,
+        }
+    )
     status.set(history=history[-HISTORY_LIMIT:])
-    if reason in ("DriftDetected", "ErrorRateExceeded", "ManualAbort", "CanaryRemoved"):
-        kopf.warn(status.body, reason="RolledBack", message=message)
+    if event.warning:
+        kopf.warn(status.body, reason="RolledBack", message=event.message)
     else:
-        kopf.info(status.body, reason=reason, message=message)
+        kopf.info(status.body, reason=event.reason, message=event.message)
 
 
 def _conditions(
@@ -164,8 +172,13 @@ async def _version_specs(namespace: str, model: str) -> dict[str, dict[str, Any]
     return {mv["metadata"]["name"]: mv for mv in items if mv.get("spec", {}).get("model") == model}
 
 
-async def _pods_loaded(namespace: str, deployment: str, version: str | None) -> bool:
-    """Every fresh serving-pod report lists the version as loaded (and there is one)."""
+async def _pod_reports(
+    namespace: str, deployment: str, version: str | None
+) -> tuple[bool, list[str]]:
+    """Whether every fresh serving-pod report lists the version as loaded (and there is one),
+    and the pods that refused it for good ("pod: Reason")."""
+    if version is None:
+        return False, []
     bucket = get_settings().bucket
     prefix = Location(bucket, f"{namespace}/serving/{deployment}/pods/")
     keys = await asyncio.to_thread(runtime.store.list, prefix)
@@ -174,7 +187,12 @@ async def _pods_loaded(namespace: str, deployment: str, version: str | None) -> 
         report = json.loads(await asyncio.to_thread(runtime.store.get, Location(bucket, key)))
         if time.time() - float(report.get("time", 0)) < REPORT_FRESH_SECONDS:
             fresh.append(report)
-    return bool(fresh) and all(version in r.get("loaded", []) for r in fresh)
+    failures = [
+        f"{r.get('pod', '?')}: {reason}"
+        for r in fresh
+        if (reason := r.get("failed", {}).get(version)) and reason != TRANSIENT_REASON
+    ]
+    return bool(fresh) and all(version in r.get("loaded", []) for r in fresh), failures
 
 
 async def _firing_monitors(dep: Deployment, canary: str | None) -> list[tuple[str, str]]:

@@ -1,6 +1,6 @@
 """The model server (``python -m modelops serve``): Open Inference Protocol v2 over HTTP.
 
-Endpoints: ``GET /v2/health/live``, ``/v2/health/ready`` (200 only when every version of the
+Endpoints: ``GET /v2/health/live``, ``/v2/health/ready`` (200 once the stable version of the
 routing table is verified and loaded, else 503 with the reason), ``/v2`` (server metadata),
 ``/v2/models/{model}[/versions/{version}]`` (metadata), ``.../ready``, ``POST .../infer``
 (``{version}`` is a ModelVersion name such as ``iris-v2`` or its number ``2``), and
@@ -9,7 +9,8 @@ version or path, 405 wrong method, 413 body over ``--max-body-bytes``, 503 versi
 servable. ``parameters: {"probabilities": true}`` or ``outputs: [{"name": "predict_proba"}]``
 adds class probabilities.
 
-Modules: :mod:`app` (processes, CLI), :mod:`server` (HTTP endpoints), :mod:`protocol`
+Modules: :mod:`app` (processes, CLI), :mod:`http` (HTTP/1.1), :mod:`server` (endpoints),
+:mod:`protocol`
 (requests -> numpy), :mod:`batcher` (micro-batching), :mod:`predictors` (batch predict),
 :mod:`models` (verified loading), :mod:`state` (routing tables -> atomic serving states),
 :mod:`router` (exact weighted split), :mod:`table` (the routing table contract),

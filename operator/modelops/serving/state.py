@@ -5,7 +5,8 @@ half of a new table. A new table becomes the state only after every version it a
 downloaded, verified and loaded (or has definitely failed): until then the previous table keeps
 serving. A version that failed is not servable: its share of traffic goes to the stable
 version (or, without one, to the other servable versions), requests naming it get 503, and
-``/v2/health/ready`` stays false; loading is retried with backoff while it stays in the table.
+the pod report names it with its reason; loading is retried with backoff while it stays in the
+table. ``/v2/health/ready`` asks only for the stable version(s).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from modelops.serving.models import LoadedModel, LoadError, cache_key, load
 from modelops.serving.protocol import ProtocolError
 from modelops.serving.router import Router
 from modelops.serving.sketches import MIN_WINDOW_SECONDS, SketchWindow
-from modelops.serving.table import RoutingTable, VersionEntry
+from modelops.serving.table import TRANSIENT_REASON, RoutingTable, VersionEntry
 from modelops.storage import ArtifactStore
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,13 @@ class ServingState:
 
     @property
     def ready(self) -> bool:
-        return self.table is not None and all(v.model is not None for v in self.versions.values())
+        """The pod can take traffic: its stable version(s) loaded and verified. A canary still
+        loading, or refused, is not a reason to take the pod out of the Service: its share
+        goes to stable meanwhile, and the operator rolls a refused canary back."""
+        if self.table is None or self.router is None:
+            return False
+        stable = [v for v in self.versions.values() if v.entry.role == "stable"]
+        return all(v.model is not None for v in stable or self.versions.values())
 
     def knows(self, model: str) -> bool:
         return model in self.names
@@ -248,7 +255,7 @@ class ModelManager:
             self._failed[key] = exc
         except Exception as exc:  # the store unreachable, and the like: retried
             logger.error("version %s could not be loaded: %s", entry.name, exc)
-            self._failed[key] = LoadError("LoadFailed", str(exc))
+            self._failed[key] = LoadError(TRANSIENT_REASON, str(exc))
         else:
             logger.info("version %s ready in %.2fs", entry.name, time.monotonic() - started)
         finally:

@@ -24,6 +24,9 @@ from modelops.api.common import ArtifactRef, Model
 from modelops.api.modelversion import Signature
 
 CONFIGMAP_KEY = "routing.json"
+TRANSIENT_REASON = "StoreUnavailable"
+"""In a pod report's ``failed``, a load failure that may pass (the store unreachable): the
+operator waits on it; any other reason is the artifact's own, and rolls a canary back."""
 _NUMBER_SUFFIX = re.compile(r"-v([0-9]+)$")
 
 

@@ -292,10 +292,13 @@ async def test_a_version_that_fails_verification_never_serves(models: Models, pr
     else:
         canary["artifact"] = {**canary["artifact"], "uri": f"s3://{BUCKET}/nowhere/model.skops"}
     async with served(models, table) as (server, url, s):
-        status, body = await get(s, url + "/v2/health/ready")
-        assert status == 503 and problem in body["reason"]
-        assert (await get(s, url + "/v2/models/iris/ready"))[0] == 503
+        # The pod stays in its Service (stable serves everything); the refusal is reported.
+        assert await get(s, url + "/v2/health/ready") == (200, {"ready": True})
+        assert (await get(s, url + "/v2/models/iris/ready"))[0] == 200
         assert (await get(s, url + "/v2/models/iris/versions/iris-v2/ready"))[0] == 503
+        report = server.pod_report()
+        assert report is not None
+        assert report[1]["loaded"] == ["iris-v1"] and report[1]["failed"] == {"iris-v2": problem}
         status, answer = await post(
             s, url + "/v2/models/iris/versions/iris-v2/infer", matrix_request(ROWS)
         )
@@ -334,7 +337,7 @@ async def test_untrusted_or_broken_or_mismatched_files_are_refused(models: Model
         async with served(models, table) as (server, url, s):
             v2 = server.manager.state.versions["iris-v2"]
             assert (v2.status.state, v2.status.reason) == ("Failed", reason), v2.status
-            assert (await get(s, url + "/v2/health/ready"))[0] == 503
+            assert (await get(s, url + "/v2/models/iris/versions/iris-v2/ready"))[0] == 503
 
 
 async def test_hot_swap_under_load_never_fails_a_request(models: Models) -> None:
