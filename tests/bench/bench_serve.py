@@ -6,7 +6,9 @@ starts ``python -m modelops.serving`` (subprocess, loopback, routing file, defau
 count), and drives it with ``wrk`` (installed with apt-get when missing) for 1-row and 32-row
 requests at concurrency 1 and 16. Prints req/s, p50 and p99 next to the in-process
 JSON -> predict -> JSON time of the same model and the ratios to the targets, then measures
-how long a rollback (canary weight -> 0 in the routing file) takes to reach 100% stable.
+how long a rollback (canary weight -> 0) takes to reach 100% stable under steady traffic: with
+the table in a ConfigMap the server watches on an in-process API server (as in a cluster; the
+PATCH included) and with the routing file (polled). ``--rollback-only`` skips the load runs.
 
 Numbers are printed, never asserted: they depend on the machine and on what else runs on it.
 """
@@ -26,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,7 @@ from sklearn.datasets import make_classification
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "tests")]
 
+from modelops.local.apiserver import ApiServer  # noqa: E402
 from modelops.local.s3server import S3Server  # noqa: E402
 from modelops.storage import Location  # noqa: E402
 from modelops.training.estimators import trusted_types  # noqa: E402
@@ -279,35 +283,63 @@ def run_wrk(
     return result
 
 
-async def rollback_seconds(
-    url: str, routing_file: Path, table: dict[str, Any], canary: str
-) -> float:
-    """Canary weight -> 0 in the file; seconds until the last canary answer (then only stable
-    for one more second)."""
+Publish = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def file_publisher(routing_file: Path) -> Publish:
+    async def publish(table: dict[str, Any]) -> None:
+        write_json(routing_file, table)
+
+    return publish
+
+
+def configmap_publisher(api_url: str, name: str) -> Publish:
+    """What the operator does on a rollback: one PATCH of the routing ConfigMap."""
+    url = f"{api_url}/api/v1/namespaces/default/configmaps/{name}"
+
+    async def publish(table: dict[str, Any]) -> None:
+        patch = {"data": {"routing.json": json.dumps(table)}}
+        headers = {"Content-Type": "application/merge-patch+json"}
+        async with aiohttp.ClientSession() as s, s.patch(url, json=patch, headers=headers) as r:
+            assert r.status == 200, await r.text()
+
+    return publish
+
+
+async def rollback_seconds(url: str, publish: Publish, table: dict[str, Any], canary: str) -> float:
+    """Canary weight -> 0 in the routing table, under steady traffic (4 clients); seconds from
+    the decision (before the table is published) to the last answer from the canary."""
     rolled = json.loads(json.dumps(table))
     for v in rolled["versions"]:
         v["weight"] = 0 if v["name"] == canary else 100
     payload = body(np.zeros((1, FEATURES)))
+    answers: list[tuple[float, str]] = []
+    stop, both = asyncio.Event(), asyncio.Event()
+    names = {v["name"] for v in table["versions"]}
     async with aiohttp.ClientSession() as session:
 
-        async def version() -> str:
-            async with session.post(url, data=payload) as r:
-                return str((await r.json())["model_version"])
+        async def client() -> None:
+            while not stop.is_set():
+                async with session.post(url, data=payload) as r:
+                    version = str((await r.json())["model_version"])
+                answers.append((time.monotonic(), version))
+                if {v for _, v in answers[-40:]} == names:
+                    both.set()
 
-        write_json(routing_file, table)
-        while True:  # both versions answering again
-            seen = {await version() for _ in range(20)}
-            if canary in seen and len(seen) == 2:
-                break
-            await asyncio.sleep(0.05)
-        start = time.monotonic()
-        write_json(routing_file, rolled)
-        last_canary = start
-        while time.monotonic() - last_canary < 1.0:
-            got = await asyncio.gather(*(version() for _ in range(4)))
-            if canary in got:
-                last_canary = time.monotonic()
-        return last_canary - start
+        await publish(table)
+        clients = [asyncio.create_task(client()) for _ in range(4)]
+        try:
+            await both.wait()  # both versions answering again
+            start = time.monotonic()
+            await publish(rolled)
+            while True:
+                await asyncio.sleep(0.2)
+                last = max((t for t, v in answers if v == canary and t >= start), default=start)
+                if time.monotonic() - last > 1.0:
+                    return last - start
+        finally:
+            stop.set()
+            await asyncio.gather(*clients)
 
 
 def report(cells: list[dict[str, Any]], floors: dict[tuple[str, int], float], workers: int) -> None:
@@ -397,7 +429,7 @@ async def main_async(args: argparse.Namespace) -> int:
             rng = np.random.default_rng(0)
             X = frame.drop(columns="label").to_numpy()
             cells, floors = [], {}
-            for name in MODELS:
+            for name in MODELS if not args.rollback_only else ():
                 reference = None
                 if args.reference:
                     path = tmp / f"{name}.skops"
@@ -431,24 +463,76 @@ async def main_async(args: argparse.Namespace) -> int:
                 finally:
                     if reference is not None:
                         reference.stop()
-            report(cells, floors, args.workers)
+            if cells:
+                report(cells, floors, args.workers)
 
             rollback_table = routing_table(
                 [(versions["logreg"], "stable", 50), (canary, "canary", 50)], model="bench"
             )
-            times = [
-                await rollback_seconds(urls["logreg"], routing, rollback_table, "bench-v3")
+            file_times = [
+                await rollback_seconds(
+                    urls["logreg"], file_publisher(routing), rollback_table, "bench-v3"
+                )
                 for _ in range(args.rollbacks)
             ]
-            print(
-                f"\nrollback (canary weight -> 0 in the routing file) to 100% stable: "
-                f"median {statistics.median(times) * 1e3:.0f} ms, max {max(times) * 1e3:.0f} ms "
-                f"over {len(times)} runs"
-            )
         finally:
             server.stop()
+        watch_times = await watched_rollbacks(s3, tmp, rollback_table, args)
+        for what, times in (
+            ("ConfigMap PATCH, watched by the pods (as in a cluster)", watch_times),
+            ("routing file, polled every 0.1 s (local use)", file_times),
+        ):
+            print(
+                f"rollback decision (canary weight -> 0) to 100% stable, {what}: median "
+                f"{statistics.median(times) * 1e3:.0f} ms, max {max(times) * 1e3:.0f} ms over "
+                f"{len(times)} runs"
+            )
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
+
+
+async def watched_rollbacks(
+    s3: S3Server, tmp: Path, table: dict[str, Any], args: argparse.Namespace
+) -> list[float]:
+    """The server as in a pod: its table from a ConfigMap it watches on an API server."""
+    async with ApiServer() as api:
+        configmap = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "bench-routing", "namespace": "default"},
+            "data": {"routing.json": json.dumps(table)},
+        }
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{api.url}/api/v1/namespaces/default/configmaps", json=configmap) as r,
+        ):
+            assert r.status == 201, await r.text()
+        server = ServerProcess(
+            None,
+            s3.endpoint,
+            s3.access_key,
+            s3.secret_key,
+            tmp / "server-watch.log",
+            workers=args.workers,
+            sketch_interval=5.0,
+            env={
+                "KUBECONFIG": str(api.write_kubeconfig(tmp / "kubeconfig")),
+                "KUBERNETES_SERVICE_HOST": "",
+                "MODELOPS_ROUTING_CONFIGMAP": "bench-routing",
+                "POD_NAMESPACE": "default",
+            },
+        )
+        server.start()
+        try:
+            await server.wait_ready(60)
+            url = f"{server.url}/v2/models/bench/infer"
+            publish = configmap_publisher(api.url, "bench-routing")
+            return [
+                await rollback_seconds(url, publish, table, "bench-v3")
+                for _ in range(args.rollbacks)
+            ]
+        finally:
+            server.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -457,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--floor-repeat", type=int, default=300)
     p.add_argument("--rollbacks", type=int, default=5)
+    p.add_argument("--rollback-only", action="store_true", help="skip the load runs")
     p.add_argument(
         "--no-reference",
         dest="reference",
