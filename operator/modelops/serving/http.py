@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 JSON = "application/json"
 MAX_PIPELINED = 32
 """Requests parsed ahead of the one being answered before the connection stops reading."""
+MAX_HEAD = 64 * 1024
+"""Bytes of request line and headers: the parser buffers them whole, so they are bounded."""
 
 
 @dataclass(slots=True)
@@ -159,6 +161,8 @@ class _Connection(asyncio.Protocol):
         self._expect = False
         self._length: int | None = None
         self._complete = False
+        self._in_head = False
+        self._head_bytes = 0
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -188,6 +192,13 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             if not self.done:
                 self._fail(400, f"malformed HTTP request: {exc}")
+        else:
+            # Still in a head after the whole chunk: all of it was head (counted after the
+            # feed, so a chunk that ends the head and carries a body does not count).
+            if self._in_head and not self.done:
+                self._head_bytes += len(data)
+                if self._head_bytes > MAX_HEAD:
+                    self._fail(431, f"request line and headers are over {MAX_HEAD} bytes")
 
     def eof_received(self) -> bool | None:
         self.done = True
@@ -214,6 +225,8 @@ class _Connection(asyncio.Protocol):
         self._expect = False
         self._length = None
         self._complete = False
+        self._in_head = True
+        self._head_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -227,6 +240,7 @@ class _Connection(asyncio.Protocol):
             self._expect = value.lower() == b"100-continue"
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         limit = self.server.max_body
         if self._length is not None and self._length > limit:
             self._fail(413, f"request body of {self._length} bytes is over the {limit}-byte limit")

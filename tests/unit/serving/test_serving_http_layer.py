@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from modelops.serving.http import Handler, HttpServer, Request, Response
+from modelops.serving.http import MAX_HEAD, Handler, HttpServer, Request, Response
 from unit.serving.test_serving_support import (
     MemoryStore,
     iris_frame,
@@ -390,6 +390,27 @@ async def test_a_malformed_request_is_400_and_closes_and_others_are_served() -> 
         async with connect(port) as (reader, writer):
             await send(writer, get("/v2/health/live"))
             assert (await read_reply(reader)).json() == LIVE
+
+
+async def test_headers_past_the_bound_are_431_and_a_split_head_with_a_big_body_is_not() -> None:
+    async with http_server(ok, max_body=1 << 20) as (_, port):
+        async with connect(port) as (reader, writer):
+            # Sent in pieces, as a slow client would: the server must not buffer without end.
+            await send(writer, b"GET /a HTTP/1.1\r\nHost: test\r\nX-Big: ")
+            for _ in range(MAX_HEAD // 8192 + 2):
+                await asyncio.sleep(0.01)  # separate reads
+                await send(writer, b"x" * 8192)
+            reply = await read_reply(reader)
+            assert reply.status == 431 and reply.closes
+            assert f"over {MAX_HEAD} bytes" in reply.json()["error"]
+        async with connect(port) as (reader, writer):
+            body = b"y" * (3 * MAX_HEAD)  # the body after the head does not count as head
+            head = post("/b", body)[: -len(body)]
+            await send(writer, head[:20])
+            await asyncio.sleep(0.05)
+            await send(writer, head[20:] + body)
+            reply = await read_reply(reader)
+            assert reply.status == 200 and reply.json() == {"path": "/b"}
 
 
 async def test_head_sends_the_headers_without_the_body() -> None:
