@@ -185,6 +185,9 @@ class _Layout:
     def _count_labels(self, state: FeatureCounts, values: object) -> None:
         names, counts, missing = count_labels(values)
         state.missing += missing
+        self.add_counts(state, names, counts)
+
+    def add_counts(self, state: FeatureCounts, names: Sequence[str], counts: IntArray) -> None:
         # A dict beats pandas.Index.get_indexer on the few distinct names of a batch.
         idx = np.array([self.categories.get(name, -1) for name in names], dtype=np.int64)
         known = idx >= 0
@@ -346,6 +349,12 @@ class Sketch:
             assert self.predictions is not None
             self._prediction_layout.count(self.predictions, predictions)
         self.n_rows += rows.pop() if rows else 0
+
+    def count_predictions(self, names: Sequence[str], counts: IntArray) -> None:
+        """Predictions already counted by class: ``counts[i]`` of ``names[i]``."""
+        if self._prediction_layout is None or self.predictions is None:
+            raise RuntimeError("sketch was loaded without its profile; pass profile= to update")
+        self._prediction_layout.add_counts(self.predictions, names, counts)
 
     def merge(self, other: Sketch) -> Sketch:
         """A new sketch counting both; neither operand changes."""

@@ -97,12 +97,14 @@ class Batcher:
             return
         self.metrics.observe_batch(n)
         version.stats.rows += n
-        labels = None
+        window = version.window
         if model.classifier:
-            version.stats.count_predictions(model.label_names, values)
-            labels = model.label_names.take(values)
-        if version.window is not None:
-            version.window.add(rows, n, labels)
+            counts = np.bincount(values, minlength=len(model.class_names))
+            version.stats.add_class_counts(model.class_names, counts)
+            if window is not None:
+                window.add(rows, n, model.class_names, counts)
+        elif window is not None:
+            window.add(rows, n)
         start = 0
         for job in jobs:
             end = start + job.n

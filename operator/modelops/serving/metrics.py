@@ -60,12 +60,12 @@ class VersionStats:
         if status >= 400:
             self.errors[status] = self.errors.get(status, 0) + 1
 
-    def count_predictions(self, names: npt.NDArray[Any], indices: npt.NDArray[np.intp]) -> None:
-        """One batch of predicted class indices into ``names`` (the version's classes)."""
-        if len(self.classes) != len(names):
-            self.classes = [str(n) for n in names]
-            self.class_counts = np.zeros(len(names), np.int64)
-        self.class_counts += np.bincount(indices, minlength=len(names))
+    def add_class_counts(self, classes: list[str], counts: npt.NDArray[np.int64]) -> None:
+        """One batch of predictions, counted per class of the version (``classes``)."""
+        if self.classes != classes:
+            self.classes = list(classes)
+            self.class_counts = np.zeros(len(classes), np.int64)
+        self.class_counts += counts
 
     @property
     def error_count(self) -> int:

@@ -11,8 +11,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 import orjson
 import skops.io as sio
 
@@ -45,8 +43,8 @@ class LoadedModel:
     output_datatype: str
     labels: tuple[Any, ...]
     """Per class, the label as it goes into JSON (str, int, float or bool)."""
-    label_names: npt.NDArray[Any]
-    """Per class, ``str(label)`` (object array): metric labels, and what sketches count."""
+    class_names: list[str]
+    """Per class, ``str(label)``: metric labels, and what sketches count."""
 
     @property
     def classifier(self) -> bool:
@@ -114,10 +112,10 @@ def _fetch(store: ArtifactStore, uri: str, sha256: str, what: str) -> bytes:
         raise LoadError(f"{what}InvalidUri", str(exc)) from None
 
 
-def _labels(predictor: Predictor) -> tuple[str, tuple[Any, ...], npt.NDArray[Any]]:
+def _labels(predictor: Predictor) -> tuple[str, tuple[Any, ...], list[str]]:
     classes = predictor.classes
     if classes is None:
-        return "FP64", (), np.empty(0, dtype=object)
+        return "FP64", (), []
     kind = classes.dtype.kind
     labels: tuple[Any, ...]
     if kind in "iu":
@@ -129,5 +127,4 @@ def _labels(predictor: Predictor) -> tuple[str, tuple[Any, ...], npt.NDArray[Any
     else:
         datatype, labels = "BYTES", tuple(str(c) for c in classes)
     # str() of the estimator's own labels: what the trainer's profile counted.
-    names = np.array([str(c) for c in classes], dtype=object)
-    return datatype, labels, names
+    return datatype, labels, [str(c) for c in classes]

@@ -65,18 +65,22 @@ class SketchWindow:
         self._spare: Future[Sketch] = executor.submit(Sketch.empty, profile)
         self._baseline = _counters(stats)
         self._rows: list[Rows] = []
-        self._predictions: list[npt.NDArray[Any]] = []
+        self._classes: list[str] = []
+        self._class_counts: npt.NDArray[np.int64] | None = None
         self._pending = 0
 
     @property
     def pending(self) -> int:
         return self._pending
 
-    def add(self, rows: Rows, n: int, predictions: npt.NDArray[Any] | None) -> None:
-        """One predicted batch."""
+    def add(self, rows: Rows, n: int, classes: list[str] | None = None, counts: Any = None) -> None:
+        """One predicted batch; a classifier's predictions as counts per class."""
         self._rows.append(rows)
-        if predictions is not None:
-            self._predictions.append(predictions)
+        if classes is not None:
+            if self._class_counts is None or classes is not self._classes:
+                self._fold_predictions()
+                self._classes, self._class_counts = classes, np.zeros(len(classes), np.int64)
+            self._class_counts += counts
         self._pending += n
         if self._pending >= FOLD_ROWS:
             self._fold()
@@ -84,13 +88,18 @@ class SketchWindow:
     def _fold(self) -> None:
         if not self._rows:
             return
-        rows, predictions = self._rows, self._predictions
-        self._rows, self._predictions, self._pending = [], [], 0
+        rows = self._rows
+        self._rows, self._pending = [], 0
         try:
-            labels = np.concatenate(predictions) if predictions else None
-            self._sketch.update(self._columns(concat_rows(rows)), labels)
+            self._sketch.update(self._columns(concat_rows(rows)))
+            self._fold_predictions()
         except Exception:  # a counting bug must not take serving down
             logger.exception("sketch update failed for %s", self.stats.version)
+
+    def _fold_predictions(self) -> None:
+        if self._class_counts is not None and self._class_counts.any():
+            self._sketch.count_predictions(self._classes, self._class_counts)
+            self._class_counts = np.zeros(len(self._classes), np.int64)
 
     def _columns(self, rows: Rows) -> npt.NDArray[Any] | dict[str, npt.NDArray[Any]]:
         """The rows as the sketch takes them, numeric columns sorted.

@@ -97,11 +97,11 @@ async def test_a_failed_version_is_retried_until_it_loads(
         await until(lambda: manager.state.table is not None and "iris-v2" in manager.state.versions)
         await until(lambda: manager.state.versions["iris-v2"].status.state == "Failed")
         assert manager.state.versions["iris-v2"].status.reason == "ArtifactMissing"
-        assert not manager.state.ready
+        assert manager.state.ready  # stable serves every request meanwhile
         # The object appears (an upload that lagged): the next retry loads it.
         store.put(moved, store.get(Location.parse(v2["artifact"]["uri"])))
-        await until(lambda: manager.state.ready, timeout=5)
-        assert manager.state.versions["iris-v2"].status.state == "Ready"
+        await until(lambda: manager.state.versions["iris-v2"].status.state == "Ready", timeout=5)
+        assert manager.state.versions["iris-v2"].model is not None
     finally:
         runner.cancel()
 
