@@ -429,7 +429,7 @@ async def main_async(args: argparse.Namespace) -> int:
             rng = np.random.default_rng(0)
             X = frame.drop(columns="label").to_numpy()
             cells, floors = [], {}
-            for name in MODELS if not args.rollback_only else ():
+            for name in args.models if not args.rollback_only else ():
                 reference = None
                 if args.reference:
                     path = tmp / f"{name}.skops"
@@ -542,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--floor-repeat", type=int, default=300)
     p.add_argument("--rollbacks", type=int, default=5)
     p.add_argument("--rollback-only", action="store_true", help="skip the load runs")
+    p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     p.add_argument(
         "--no-reference",
         dest="reference",
