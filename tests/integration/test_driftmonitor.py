@@ -78,6 +78,13 @@ async def metrics_text(operator: OperatorProcess) -> str:
         return await response.text()
 
 
+def windows_read(metrics: str) -> float:
+    line = next(
+        x for x in metrics.splitlines() if x.startswith("modelops_sketch_windows_read_total ")
+    )
+    return float(line.split()[-1])
+
+
 async def test_too_few_samples_is_unknown_never_an_alarm(
     cluster: Cluster, s3: S3Server, summary: dict, version: str
 ) -> None:
@@ -104,6 +111,24 @@ async def test_same_distribution_does_not_drift(
     assert 'modelops_drift_detected{monitor="iris-drift",namespace="default"} 0.0' in (
         await metrics_text(operator)
     )
+    # Later checks add nothing new: the two windows are not read again.
+    reads = windows_read(await metrics_text(operator))
+    checked = status["lastCheckTime"]
+
+    async def checked_twice_more() -> bool:
+        nonlocal checked
+        obj = await cluster.get(API_VERSION, "DriftMonitor", NS, "iris-drift")
+        now = (obj or {}).get("status", {}).get("lastCheckTime")
+        if now == checked:
+            return False
+        checked = now
+        return True
+
+    for _ in range(2):
+        await eventually(checked_twice_more, what="another check", timeout=20)
+    obj = await cluster.get(API_VERSION, "DriftMonitor", NS, "iris-drift")
+    assert obj is not None and obj["status"]["samples"] == 600
+    assert windows_read(await metrics_text(operator)) == reads
 
 
 async def test_shifted_features_drift_with_scores_message_gauges_and_event(

@@ -18,6 +18,7 @@ from modelops.controllers.deployment import iso, parse_time
 from modelops.controllers.main import get_settings, runtime
 from modelops.controllers.metrics import DRIFT_DETECTED, DRIFT_SCORE, RETRAINS, observed
 from modelops.controllers.status import StatusWriter, invalid_spec
+from modelops.controllers.windows import merged_windows
 from modelops.drift import DriftReport, Sketch, detect
 from modelops.resources.training import retrain_run
 from modelops.storage import ArtifactError, Location
@@ -180,21 +181,10 @@ async def _profile(namespace: str, version: str) -> dict[str, Any]:
 async def _merged_sketch(
     namespace: str, deployment: str, version: str, profile: dict[str, Any], window: float
 ) -> Sketch | None:
-    """All pods' sketch windows of the version that ended within the window, added up."""
+    """All pods' sketch windows of the version in the last ``window`` seconds, added up."""
+    prefix = f"{namespace}/sketches/{deployment}/{version}/"
     bucket = get_settings().bucket
-    prefix = Location(bucket, f"{namespace}/sketches/{deployment}/{version}/")
-    since = time.time() - window
-    merged: Sketch | None = None
-    for key in await asyncio.to_thread(runtime.store.list, prefix):
-        start = key.rsplit("/", 1)[-1].split("-", 1)[0]
-        if not start.isdigit() or int(start) + window < since:
-            continue  # the key names the window's start: skip old ones without reading them
-        data = json.loads(await asyncio.to_thread(runtime.store.get, Location(bucket, key)))
-        if float(data.get("end") or 0) < since or data.get("profile") != profile["fingerprint"]:
-            continue
-        sketch = Sketch.from_dict(data)
-        merged = sketch if merged is None else merged.merge(sketch)
-    return merged
+    return await merged_windows(runtime.store, bucket, prefix, profile["fingerprint"], window)
 
 
 async def _retrain(

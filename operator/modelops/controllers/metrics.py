@@ -57,6 +57,10 @@ DRIFT_SCORE = Gauge(
 DRIFT_DETECTED = Gauge(
     "modelops_drift_detected", "1 while the monitor finds dataset drift", ["namespace", "monitor"]
 )
+SKETCH_WINDOWS_READ = Counter(
+    "modelops_sketch_windows_read_total",
+    "Serving-pod sketch windows read from the store by drift monitors (each is read once)",
+)
 RETRAINS = Counter(
     "modelops_retrains_total", "TrainingRuns created by drift monitors", ["namespace", "monitor"]
 )
