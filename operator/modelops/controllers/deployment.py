@@ -214,6 +214,11 @@ async def _firing_monitors(dep: Deployment, canary: str | None) -> list[tuple[st
     return firing
 
 
+_window_counts: dict[str, tuple[float, int, int]] = {}
+"""End, requests and errors of each sketch window read (a window is written once)."""
+WINDOW_COUNTS_KEPT = 50_000
+
+
 async def _canary_counts(namespace: str, deployment: str, state: State) -> dict[str, int]:
     """Requests and errors the canary answered since its current step began."""
     if not state.canary_active or state.step is None or state.step_started is None:
@@ -225,11 +230,21 @@ async def _canary_counts(namespace: str, deployment: str, state: State) -> dict[
         start = key.rsplit("/", 1)[-1].split("-", 1)[0]
         if not start.isdigit() or int(start) + 60 < state.step_started:
             continue
-        window = json.loads(await asyncio.to_thread(runtime.store.get, Location(bucket, key)))
-        if float(window.get("end", 0)) < state.step_started:
-            continue
-        requests += int(window.get("requests", 0))
-        errors += int(window.get("errors", 0))
+        counts = _window_counts.get(key)
+        if counts is None:
+            window = json.loads(await asyncio.to_thread(runtime.store.get, Location(bucket, key)))
+            counts = (
+                float(window.get("end", 0)),
+                int(window.get("requests", 0)),
+                int(window.get("errors", 0)),
+            )
+            _window_counts[key] = counts
+            while len(_window_counts) > WINDOW_COUNTS_KEPT:
+                del _window_counts[next(iter(_window_counts))]  # the oldest read
+        end, n, failed = counts
+        if end >= state.step_started:
+            requests += n
+            errors += failed
     return {"canary_requests": requests, "canary_errors": errors}
 
 
