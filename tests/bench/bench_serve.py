@@ -52,6 +52,7 @@ from unit.serving.test_serving_support import (  # noqa: E402
     free_port,
     routing_table,
     train_version,
+    watched_server,
     write_json,
 )
 
@@ -496,31 +497,16 @@ async def watched_rollbacks(
 ) -> list[float]:
     """The server as in a pod: its table from a ConfigMap it watches on an API server."""
     async with ApiServer() as api:
-        configmap = {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": "bench-routing", "namespace": "default"},
-            "data": {"routing.json": json.dumps(table)},
-        }
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(f"{api.url}/api/v1/namespaces/default/configmaps", json=configmap) as r,
-        ):
-            assert r.status == 201, await r.text()
-        server = ServerProcess(
-            None,
+        server = await watched_server(
+            api,
             s3.endpoint,
             s3.access_key,
             s3.secret_key,
-            tmp / "server-watch.log",
+            table,
+            "bench-routing",
+            tmp,
             workers=args.workers,
             sketch_interval=5.0,
-            env={
-                "KUBECONFIG": str(api.write_kubeconfig(tmp / "kubeconfig")),
-                "KUBERNETES_SERVICE_HOST": "",
-                "MODELOPS_ROUTING_CONFIGMAP": "bench-routing",
-                "POD_NAMESPACE": "default",
-            },
         )
         server.start()
         try:

@@ -29,6 +29,7 @@ from unit.serving.test_serving_support import (
     post,
     routing_table,
     train_version,
+    watched_server,
     write_json,
 )
 
@@ -142,30 +143,15 @@ async def test_configmap_table_sketches_equal_the_traffic_and_sigterm_flushes(
     table = routing_table([(v1, "stable", 70), (v2, "canary", 30)], deployment="iris-sk")
     store = s3.store()
     async with ApiServer() as api:
-        configmap = {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": "iris-sk-routing", "namespace": "default"},
-            "data": {"routing.json": json.dumps(table)},
-        }
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(f"{api.url}/api/v1/namespaces/default/configmaps", json=configmap) as r,
-        ):
-            assert r.status == 201, await r.text()
-        server = ServerProcess(
-            None,
+        server = await watched_server(
+            api,
             s3.endpoint,
             s3.access_key,
             s3.secret_key,
-            tmp_path / "server.log",
+            table,
+            "iris-sk-routing",
+            tmp_path,
             sketch_interval=1.0,
-            env={
-                "KUBECONFIG": str(api.write_kubeconfig(tmp_path / "kubeconfig")),
-                "KUBERNETES_SERVICE_HOST": "",
-                "MODELOPS_ROUTING_CONFIGMAP": "iris-sk-routing",
-                "POD_NAMESPACE": "default",
-            },
         )
         server.start()
         sent, labels, statuses = await _traffic_then_sigterm(server)

@@ -25,6 +25,7 @@ import pandas as pd
 from sklearn.datasets import load_iris
 
 from modelops.api.trainingrun import TrainingRunSpec
+from modelops.local.apiserver import ApiServer
 from modelops.serving.server import ModelServer, ServerConfig
 from modelops.storage import ArtifactError, ArtifactStore, Location, sha256_hex
 from modelops.training.trainer import train
@@ -282,3 +283,40 @@ def write_json(path: Path, doc: Any) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc))
     tmp.replace(path)
+
+
+async def watched_server(
+    api: ApiServer,
+    s3_endpoint: str,
+    access_key: str,
+    secret_key: str,
+    table: Mapping[str, Any],
+    configmap: str,
+    tmp: Path,
+    **options: Any,
+) -> ServerProcess:
+    """A server as in a pod (not started): its table in the ConfigMap ``configmap``, created
+    here on ``api``, which it watches."""
+    body = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": configmap, "namespace": "default"},
+        "data": {"routing.json": json.dumps(table)},
+    }
+    url = f"{api.url}/api/v1/namespaces/default/configmaps"
+    async with aiohttp.ClientSession() as session, session.post(url, json=body) as r:
+        assert r.status == 201, await r.text()
+    return ServerProcess(
+        None,
+        s3_endpoint,
+        access_key,
+        secret_key,
+        tmp / f"{configmap}-server.log",
+        env={
+            "KUBECONFIG": str(api.write_kubeconfig(tmp / f"{configmap}-kubeconfig")),
+            "KUBERNETES_SERVICE_HOST": "",
+            "MODELOPS_ROUTING_CONFIGMAP": configmap,
+            "POD_NAMESPACE": "default",
+        },
+        **options,
+    )
