@@ -135,7 +135,7 @@ NEEDS: tuple[Need, ...] = (
         ("create",),
         (
             Code("controllers/status.py", "kopf.warn(self.body, reason=reason, message=message)"),
-            Code("controllers/deployment.py", "kopf.info(status.body, reason=reason"),
+            Code("controllers/deployment.py", "kopf.info(status.body, reason=event.reason"),
             Code("controllers/driftmonitor.py", 'kopf.info(body, reason="RetrainStarted"'),
             Code("kopf/_cogs/structs/references.py", "EVENTS = Selector('v1', 'events')"),
         ),
