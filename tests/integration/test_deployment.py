@@ -72,18 +72,25 @@ async def routing(cluster: Cluster) -> dict[str, int]:
     return {v["name"]: v["weight"] for v in table["versions"]}
 
 
-def report_pods_loaded(s3: S3Server, *versions: str, failed: dict[str, str] | None = None) -> None:
-    """What each serving pod writes: the versions it has loaded and verified, and those it
-    could not load, with the reason."""
+def report_pods_loaded(
+    s3: S3Server,
+    *versions: str,
+    failed: dict[str, str] | None = None,
+    pod: str = "iris-server-0",
+    table: tuple[str, ...] | None = None,
+) -> None:
+    """What a serving pod writes: the versions its table holds, those it has loaded and
+    verified, and those it could not load, with the reason."""
+    failed = failed or {}
     report = {
-        "pod": "iris-server-0",
+        "pod": pod,
         "time": time.time(),
+        "versions": sorted(table if table is not None else {*versions, *failed}),
         "loaded": list(versions),
-        "failed": failed or {},
+        "failed": failed,
     }
     s3.store().put(
-        Location("modelops", f"{NS}/serving/iris/pods/iris-server-0.json"),
-        json.dumps(report).encode(),
+        Location("modelops", f"{NS}/serving/iris/pods/{pod}.json"), json.dumps(report).encode()
     )
 
 
@@ -239,6 +246,64 @@ async def test_canary_a_pod_refuses_is_rolled_back_but_not_for_an_unreachable_st
     last = status["history"][-1]
     assert last["reason"] == "CanaryLoadFailed"
     assert "iris-server-0: DigestMismatch" in last["message"]
+
+
+async def test_gateway_routing_weights_an_httproute_and_waits_for_the_canary_pods_only(
+    cluster: Cluster, operator: OperatorProcess, s3: S3Server, summaries: dict
+) -> None:
+    await add_version(cluster, summaries, 1)
+    gateway = {"parentRefs": [{"name": "public", "namespace": "gateways"}]}
+    steps = [{"weight": 20, "pause": "1h"}]
+    await cluster.create(deployment(steps, routing="gateway", gateway=gateway))
+    await wait_status(cluster, "stable", phase="Stable", stableVersion="iris-v1")
+
+    async def stable_pod() -> None:  # reports again and again, as a live pod does
+        while True:
+            report_pods_loaded(s3, "iris-v1", pod="iris-iris-v1-server-0")
+            await asyncio.sleep(1)
+
+    reporting = asyncio.create_task(stable_pod())
+    try:
+        await _gateway_canary(cluster, s3, summaries, gateway)
+    finally:
+        reporting.cancel()
+
+
+async def _gateway_canary(
+    cluster: Cluster, s3: S3Server, summaries: dict, gateway: dict[str, Any]
+) -> None:
+    await add_version(cluster, summaries, 2)
+    await wait_status(cluster, "canary loading", canaryVersion="iris-v2", canaryWeight=0)
+    for kind, name in (
+        ("apps/v1", "Deployment"),
+        ("v1", "Service"),
+        ("v1", "ConfigMap"),
+    ):
+        for version in ("iris-v1", "iris-v2"):
+            suffix = {"Deployment": "-server", "ConfigMap": "-routing", "Service": ""}[name]
+            obj = await cluster.get(kind, name, NS, f"iris-{version}{suffix}")
+            assert obj is not None, f"{name} for {version}"
+    cm = await cluster.get("v1", "ConfigMap", NS, "iris-iris-v2-routing")
+    assert cm is not None
+    table = json.loads(cm["data"]["routing.json"])
+    assert [(v["name"], v["weight"]) for v in table["versions"]] == [("iris-v2", 100)]
+    # The stable version's pods never hold the canary: only the canary's pods are waited for.
+    await asyncio.sleep(2)
+    assert (await get_dep(cluster))["status"]["canaryWeight"] == 0
+    report_pods_loaded(s3, "iris-v2", pod="iris-iris-v2-server-0")
+    await wait_status(cluster, "step 1", canaryWeight=20, step=0)
+
+    async def weighted() -> dict[str, int] | None:
+        route = await cluster.get("gateway.networking.k8s.io/v1", "HTTPRoute", NS, "iris")
+        if route is None:
+            return None
+        backends = route["spec"]["rules"][0]["backendRefs"]
+        weights = {b["name"]: b["weight"] for b in backends}
+        return weights if weights == {"iris-iris-v1": 80, "iris-iris-v2": 20} else None
+
+    await eventually(weighted, what="HTTPRoute weights 80/20")
+    route = await cluster.get("gateway.networking.k8s.io/v1", "HTTPRoute", NS, "iris")
+    assert route is not None and route["spec"]["parentRefs"] == gateway["parentRefs"]
 
 
 @pytest.mark.parametrize(("action", "phase"), [("promote", "Promoted"), ("abort", "RolledBack")])

@@ -67,7 +67,9 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) ->
 
     # 2: the facts the rollout depends on
     specs = await _version_specs(namespace, dep.spec.model)
-    loaded, failures = await _pod_reports(namespace, name, state.canary)
+    loaded, failures = await _pod_reports(
+        namespace, name, state.canary, every_pod=dep.spec.routing == "model"
+    )
     facts = Facts(
         versions=[_version(mv) for mv in specs.values()],
         canary_loaded=loaded,
@@ -173,10 +175,11 @@ async def _version_specs(namespace: str, model: str) -> dict[str, dict[str, Any]
 
 
 async def _pod_reports(
-    namespace: str, deployment: str, version: str | None
+    namespace: str, deployment: str, version: str | None, *, every_pod: bool
 ) -> tuple[bool, list[str]]:
-    """Whether every fresh serving-pod report lists the version as loaded (and there is one),
-    and the pods that refused it for good ("pod: Reason")."""
+    """Whether the serving pods that should hold the version report it loaded (and there is
+    one), and the pods that refused it for good ("pod: Reason"). In model routing every pod
+    holds every version; in gateway routing only the pods whose table lists it."""
     if version is None:
         return False, []
     bucket = get_settings().bucket
@@ -185,7 +188,9 @@ async def _pod_reports(
     fresh = []
     for key in keys:
         report = json.loads(await asyncio.to_thread(runtime.store.get, Location(bucket, key)))
-        if time.time() - float(report.get("time", 0)) < REPORT_FRESH_SECONDS:
+        if time.time() - float(report.get("time", 0)) < REPORT_FRESH_SECONDS and (
+            every_pod or version in report.get("versions", [])
+        ):
             fresh.append(report)
     failures = [
         f"{r.get('pod', '?')}: {reason}"

@@ -308,6 +308,7 @@ class ModelServer:
             "pod": config.pod,
             "worker": config.worker,
             "time": time.time(),
+            "versions": sorted(v.name for v in versions),
             "loaded": sorted(v.name for v in versions if v.model is not None),
             "failed": {v.name: v.status.reason for v in versions if v.status.state == "Failed"},
         }
