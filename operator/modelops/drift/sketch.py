@@ -333,6 +333,7 @@ class Sketch:
         if isinstance(columns, np.ndarray):
             if columns.ndim != 2 or columns.shape[1] != len(names):
                 raise ValueError(f"expected a 2-D array with {len(names)} columns")
+            n = columns.shape[0]
             batch: dict[str, Any] = {name: columns[:, j] for j, name in enumerate(names)}
             if self._packed is not None and self._packed.count(columns):
                 batch = {k: v for k, v in batch.items() if k not in self._packed.names}
@@ -340,21 +341,25 @@ class Sketch:
             if missing := [name for name in names if name not in columns]:
                 raise ValueError(f"batch lacks columns {missing}")
             batch = {name: columns[name] for name in names}
-        rows = {len(v) for v in batch.values()}
-        if len(rows) > 1:
-            raise ValueError(f"columns differ in length: {sorted(rows)}")
+            rows = {len(v) for v in batch.values()}
+            if len(rows) > 1:
+                raise ValueError(f"columns differ in length: {sorted(rows)}")
+            n = rows.pop() if rows else 0
         for name, values in batch.items():
             self._layouts[name].count(self.features[name], values)
         if predictions is not None:
             assert self.predictions is not None
             self._prediction_layout.count(self.predictions, predictions)
-        self.n_rows += rows.pop() if rows else 0
+        self.n_rows += n
 
     def count_predictions(self, names: Sequence[str], counts: IntArray) -> None:
         """Predictions already counted by class: ``counts[i]`` of ``names[i]``."""
         if self._prediction_layout is None or self.predictions is None:
             raise RuntimeError("sketch was loaded without its profile; pass profile= to update")
-        self._prediction_layout.add_counts(self.predictions, names, counts)
+        seen = counts > 0  # a class never predicted is not an unseen value
+        self._prediction_layout.add_counts(
+            self.predictions, [c for c, k in zip(names, seen, strict=True) if k], counts[seen]
+        )
 
     def merge(self, other: Sketch) -> Sketch:
         """A new sketch counting both; neither operand changes."""

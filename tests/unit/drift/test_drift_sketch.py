@@ -241,3 +241,23 @@ def test_a_matrix_counts_all_binned_features_at_once_as_column_by_column(case: s
     assert sum(int(f.counts.sum()) + f.missing for f in packed.features.values()) == 4 * len(rows)
     assert packed.to_dict() == expected.to_dict()
     _assert_same(packed.merge(packed), expected.merge(expected))
+
+
+def test_a_matrix_of_binned_features_only_counts_its_rows() -> None:
+    binned = build_profile(_NUMERIC[["a", "b", "e"]], bins=50)
+    rows = _NUMERIC[["a", "b", "e"]].to_numpy()[:70]
+    sketch = Sketch.empty(binned)
+    sketch.update(rows)
+    sketch.update(rows[:5])
+    assert sketch.n_rows == 75
+    assert all(int(f.counts.sum()) == 75 for f in sketch.features.values())
+
+
+def test_classes_never_predicted_are_not_unseen_values() -> None:
+    profile = build_profile(_NUMERIC[["a", "b"]], predictions=np.array(["x", "y"] * 1500))
+    sketch = Sketch.empty(profile)
+    sketch.count_predictions(["x", "y", "z"], np.array([3, 0, 0]))
+    sketch.count_predictions(["x", "y", "z"], np.array([0, 1, 2]))
+    predictions = sketch.predictions
+    assert predictions is not None
+    assert predictions.counts.tolist() == [3, 1] and predictions.unseen == {"z": 2}
