@@ -25,7 +25,7 @@ NS = "default"
 @pytest.fixture(scope="module")
 def summaries(s3: S3Server) -> dict[int, dict[str, Any]]:
     store = s3.store()
-    return {n: train_version(store, n) for n in (1, 2)}
+    return {n: train_version(store, n) for n in (1, 2, 3)}
 
 
 async def add_version(cluster: Cluster, summaries: dict[int, dict[str, Any]], n: int) -> None:
@@ -246,6 +246,15 @@ async def test_canary_a_pod_refuses_is_rolled_back_but_not_for_an_unreachable_st
     last = status["history"][-1]
     assert last["reason"] == "CanaryLoadFailed"
     assert "iris-server-0: DigestMismatch" in last["message"]
+    # A newer version is a new canary: the pod's refusal of iris-v2 does not speak for it.
+    await add_version(cluster, summaries, 3)
+    await wait_status(cluster, "next canary", canaryVersion="iris-v3", phase="Progressing")
+    await asyncio.sleep(2)
+    status = (await get_dep(cluster))["status"]
+    assert (status["phase"], status["canaryVersion"]) == ("Progressing", "iris-v3")
+    assert status["rejectedVersions"] == ["iris-v2"]
+    report_pods_loaded(s3, "iris-v1", "iris-v3", failed={"iris-v2": "DigestMismatch"})
+    await wait_status(cluster, "iris-v3 at step 1", canaryWeight=20, step=0)
 
 
 async def test_gateway_routing_weights_an_httproute_and_waits_for_the_canary_pods_only(

@@ -67,14 +67,17 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) ->
 
     # 2: the facts the rollout depends on
     specs = await _version_specs(namespace, dep.spec.model)
+    # Only about the canary in flight: a rolled-back one's reports and monitors must not
+    # speak for the next canary the plan may start in this same pass.
+    canary = state.canary if state.canary_active else None
     loaded, failures = await _pod_reports(
-        namespace, name, state.canary, every_pod=dep.spec.routing == "model"
+        namespace, name, canary, every_pod=dep.spec.routing == "model"
     )
     facts = Facts(
         versions=[_version(mv) for mv in specs.values()],
         canary_loaded=loaded,
         canary_load_failures=failures,
-        firing_monitors=await _firing_monitors(dep, state.canary) if state.canary else [],
+        firing_monitors=await _firing_monitors(dep, canary) if canary else [],
         action=body.get("metadata", {}).get("annotations", {}).get(ACTION_ANNOTATION),
         **await _canary_counts(namespace, name, state),
     )
