@@ -33,7 +33,9 @@ JSON = "application/json"
 MAX_PIPELINED = 32
 """Requests parsed ahead of the one being answered before the connection stops reading."""
 MAX_HEAD = 64 * 1024
-"""Bytes of request line and headers: the parser buffers them whole, so they are bounded."""
+"""Bytes of request line and headers (and, apart, of trailers): the parser buffers them."""
+CHUNK_FRAMING = 32
+"""Bytes allowed per body chunk for its size line and line breaks."""
 
 
 @dataclass(slots=True)
@@ -87,10 +89,19 @@ _clock = _Clock()
 class HttpServer:
     """Listens, tracks connections, drains on close."""
 
-    def __init__(self, handler: Handler, *, max_body: int, idle_timeout: float = 75.0) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        max_body: int,
+        idle_timeout: float = 75.0,
+        request_timeout: float = 60.0,
+    ) -> None:
         self.handler = handler
         self.max_body = max_body
         self.idle_timeout = idle_timeout
+        self.request_timeout = request_timeout
+        """A request must arrive whole within this long of its first byte."""
         self.connections: set[_Connection] = set()
         self.closing = False
         self._server: asyncio.Server | None = None
@@ -116,6 +127,7 @@ class HttpServer:
         if self._sweeper is not None:
             self._sweeper.cancel()
         for conn in list(self.connections):
+            conn.done = True  # no new requests; what is in flight is answered, then closed
             conn.close_if_idle()
         if self.connections:
             with contextlib.suppress(TimeoutError):
@@ -132,13 +144,12 @@ class HttpServer:
             self._drained.set()
 
     async def _sweep(self) -> None:
-        period = max(0.5, min(self.idle_timeout / 4, 10.0))
+        period = max(0.5, min(self.idle_timeout / 4, self.request_timeout / 4, 10.0))
         while True:
             await asyncio.sleep(period)
-            cutoff = time.monotonic() - self.idle_timeout
+            now = time.monotonic()
             for conn in list(self.connections):
-                if conn.last_activity < cutoff:
-                    conn.close_if_idle()
+                conn.sweep(now)
 
 
 class _Connection(asyncio.Protocol):
@@ -147,6 +158,8 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.last_activity = time.monotonic()
+        """When a request began or an answer was written (not any byte: bare line breaks
+        between requests must not keep a connection alive)."""
         self.queue: collections.deque[tuple[Request, Response | None]] = collections.deque()
         """Requests read ahead of the answer being prepared; a queued ``Response`` is an
         error answer prepared while parsing (the connection closes after it)."""
@@ -155,14 +168,21 @@ class _Connection(asyncio.Protocol):
         """No more requests are read on this connection (it closes after its answers)."""
         self.write_paused = False
         # The request being parsed.
+        self._started: float | None = None
         self._url = b""
         self._body: list[bytes] = []
         self._size = 0
         self._expect = False
+        self._continue_owed = False
+        self._chunked = False
         self._length: int | None = None
         self._complete = False
-        self._in_head = False
-        self._head_bytes = 0
+        # Bytes that are not body (request line, headers, chunk framing, trailers) since the
+        # last whole request: the parser buffers some of them whole, so they are bounded.
+        self._overhead = 0
+        self._chunks = 0
+        self._completed = 0
+        self._fed_body = 0
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -178,14 +198,15 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.done:
             return  # lingering after an error answer: read and drop, so the client sees it
-        self.last_activity = time.monotonic()
+        self._fed_body = 0
+        completed = self._completed
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             # No protocol switch here: answer what was asked, if it was whole, then close.
             if not self._complete:
                 self._fail(400, "protocol upgrades (and CONNECT) are not supported")
-            elif self.busy:
+            elif self.busy or self.queue:
                 self.done = True
             else:
                 self._close()
@@ -193,16 +214,16 @@ class _Connection(asyncio.Protocol):
             if not self.done:
                 self._fail(400, f"malformed HTTP request: {exc}")
         else:
-            # Still in a head after the whole chunk: all of it was head (counted after the
-            # feed, so a chunk that ends the head and carries a body does not count).
-            if self._in_head and not self.done:
-                self._head_bytes += len(data)
-                if self._head_bytes > MAX_HEAD:
-                    self._fail(431, f"request line and headers are over {MAX_HEAD} bytes")
+            # Counted only for reads in which no request completed: those hold bytes of one
+            # request alone, so a request cannot grow without bound across reads.
+            if self._completed == completed and not self.done:
+                self._overhead += len(data) - self._fed_body
+                if self._overhead > MAX_HEAD + CHUNK_FRAMING * self._chunks:
+                    self._fail(431, f"request head or chunk framing over {MAX_HEAD} bytes")
 
     def eof_received(self) -> bool | None:
         self.done = True
-        if not self.busy:
+        if not self.busy and not self.queue:
             return None  # close now
         return True  # answer what was asked first, then close
 
@@ -213,20 +234,38 @@ class _Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if self.transport is not None and not self.done:
+        self.last_activity = time.monotonic()
+        if self.transport is not None and not self.done and len(self.queue) < MAX_PIPELINED:
             self.transport.resume_reading()
+        if not self.busy:
+            self._handle(self._next())
+
+    def sweep(self, now: float) -> None:
+        """Called every few seconds: end what has stalled."""
+        transport = self.transport
+        if transport is None:
+            return
+        server = self.server
+        stalled = now - self.last_activity > server.idle_timeout
+        if transport.is_closing() or self.write_paused:
+            if stalled:
+                self.abort()  # a peer that does not read its answers
+        elif self._started is not None and now - self._started > server.request_timeout:
+            self._fail(408, f"request not received whole within {server.request_timeout:g} s")
+        elif stalled:
+            self.close_if_idle()
 
     # -- httptools callbacks ---------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self._started = self.last_activity = time.monotonic()
         self._url = b""
         self._body = []
         self._size = 0
         self._expect = False
+        self._chunked = False
         self._length = None
         self._complete = False
-        self._in_head = True
-        self._head_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -238,18 +277,28 @@ class _Connection(asyncio.Protocol):
                 self._length = int(value)
         elif lowered == b"expect":
             self._expect = value.lower() == b"100-continue"
+        elif lowered == b"transfer-encoding":
+            self._chunked = True
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
+        if self.done:
+            return
         limit = self.server.max_body
         if self._length is not None and self._length > limit:
             self._fail(413, f"request body of {self._length} bytes is over the {limit}-byte limit")
-        elif self._expect and self.transport is not None and not self.done and not self.busy:
-            # Behind an unanswered request a 100 would read as that request's interim answer;
-            # the client sends the body when its wait for the 100 runs out.
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        elif self._expect and self.transport is not None:
+            if self.busy or self.queue:
+                # Behind an unanswered request a 100 would read as that request's interim
+                # answer: it is sent once the answers before it are written.
+                self._continue_owed = True
+            else:
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
 
     def on_body(self, body: bytes) -> None:
+        self._fed_body += len(body)
         if self.done:
             return
         self._size += len(body)
@@ -260,21 +309,30 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._complete = True
+        self._completed += 1
+        self._overhead = self._chunks = 0
+        self._started = None
+        self._continue_owed = False
         if self.done:
+            return
+        parser = self.parser
+        method = parser.get_method().decode("latin-1")
+        if method == "CONNECT":  # llhttp completes it before it stops for the "upgrade"
+            self._fail(400, "CONNECT is not supported")
+            return
+        if parser.should_upgrade() and (self._length or self._chunked):
+            # llhttp skips the body of an upgrade request: never answer it without its body.
+            self._fail(400, "protocol upgrades are not supported")
             return
         raw = self._url.split(b"?", 1)[0]
         path = raw.decode("latin-1")
         if "%" in path:
             path = unquote(path)
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        method = self.parser.get_method().decode("latin-1")
-        if method == "CONNECT":  # llhttp completes it before it stops for the "upgrade"
-            self._fail(400, "CONNECT is not supported")
-            return
         request = Request(method, path, body)
-        if not self.parser.should_keep_alive():
-            self.done = True  # HTTP/1.0 or "Connection: close": this is the last request
-        if self.busy:
+        if not parser.should_keep_alive() or parser.get_http_version() == "1.0":
+            self.done = True  # "Connection: close" or HTTP/1.0: this is the last request
+        if self.busy or self.queue:
             self.queue.append((request, None))
             if len(self.queue) >= MAX_PIPELINED and self.transport is not None:
                 self.transport.pause_reading()
@@ -310,48 +368,64 @@ class _Connection(asyncio.Protocol):
         self._handle(self._respond(request, response))
 
     def _respond(self, request: Request, response: Response, last: bool = False) -> Request | None:
-        """Write the answer; the next queued request to handle, if there is one."""
+        """Write the answer; the next queued request to handle now, if there is one."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return None
         last = last or (not self.queue and (self.done or self.server.closing))
-        body = response.body
-        head = b"".join(
-            (
-                _STATUS_LINES.get(response.status) or _status_line(response.status),
-                _clock.date(),
-                b"Content-Type: ",
-                response.content_type.encode(),
-                b"\r\nContent-Length: ",
-                str(len(body)).encode(),
-                b"\r\nConnection: close\r\n\r\n" if last else b"\r\n\r\n",
+        try:
+            body = response.body
+            head = b"".join(
+                (
+                    _STATUS_LINES.get(response.status) or _status_line(response.status),
+                    _clock.date(),
+                    b"Content-Type: ",
+                    response.content_type.encode(),
+                    b"\r\nContent-Length: ",
+                    str(len(body)).encode(),
+                    b"\r\nConnection: close\r\n\r\n" if last else b"\r\n\r\n",
+                )
             )
-        )
-        transport.write(head if request.method == "HEAD" else head + body)
+            transport.write(head if request.method == "HEAD" else head + body)
+        except Exception:  # a handler's bug (no Response, a str body): drop the connection
+            logger.exception("%s %s: the answer could not be written", request.method, request.path)
+            self.abort()
+            return None
         self.last_activity = time.monotonic()
+        self.busy = False
         if last:
             self.done = True
-            self.busy = False
             self.queue.clear()
             self._close()
             return None
-        self.busy = False
-        if self.queue:
-            queued, ready = self.queue.popleft()
-            if len(self.queue) < MAX_PIPELINED // 2 and not self.write_paused:
-                transport.resume_reading()
-            if ready is None:
-                return queued
-            self.busy = True
-            self._respond(queued, ready, last=True)
+        return self._next()
+
+    def _next(self) -> Request | None:
+        """The next queued request to handle (None: none, or the client must read first)."""
+        transport = self.transport
+        if self.write_paused or transport is None:
+            return None
+        if not self.queue:
+            if self._continue_owed:
+                self._continue_owed = False
+                transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            return None
+        queued, ready = self.queue.popleft()
+        if len(self.queue) < MAX_PIPELINED // 2 and not self.done:
+            transport.resume_reading()
+        self.busy = True
+        if ready is None:
+            return queued
+        self._respond(queued, ready, last=True)
         return None
 
     def _fail(self, status: int, message: str) -> None:
         """Answer an unreadable request and read no more: the rest of the connection's bytes
         are not known to be requests. Answers to requests before it still go first."""
         self.done = True
+        self._started = None
         response = Response(status, error_body(message))
-        if self.busy:
+        if self.busy or self.queue:
             self.queue.append((Request("", "", b""), response))
         else:
             self.busy = True
@@ -370,7 +444,7 @@ class _Connection(asyncio.Protocol):
             transport.close()
 
     def close_if_idle(self) -> None:
-        if not self.busy and self.transport is not None:
+        if not self.busy and not self.queue and self.transport is not None:
             self.done = True
             self.transport.close()
 
