@@ -45,6 +45,7 @@ class _Series:
 
 
 _series: dict[tuple[str, str, str, float], _Series] = {}
+"""By store bucket, key prefix (deployment and version), profile and window length."""
 
 
 def span_of(window: float) -> float:
@@ -58,7 +59,9 @@ async def merged_windows(
     started in a bucket overlapping the last ``window`` seconds (None: there are none)."""
     now = time.time()
     span = span_of(window)
-    key = (bucket, prefix, fingerprint, span)
+    # By window length, not span: monitors of one version with other windows (same span)
+    # would otherwise evict each other's older buckets and read those windows again.
+    key = (bucket, prefix, fingerprint, window)
     series = _series.get(key)
     if series is None:
         series = _series[key] = _Series(span)

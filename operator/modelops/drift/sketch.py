@@ -201,9 +201,11 @@ class _Layout:
 class _Packed:
     """All binned numeric features of a live sketch counted together.
 
-    Their count and offset arrays are views of two shared buffers, so after one binary search
-    per feature a whole batch is counted with one ``bincount`` per buffer: per-feature numpy
-    calls on small arrays, not the values, were most of the cost of a serving pod's batches.
+    Their count and offset arrays are views of two shared buffers, so after one sort of the
+    batch and one binary search per feature, the batch is counted with one ``bincount`` per
+    buffer instead of several numpy calls per feature (the binary searches remain most of
+    the cost). A deep copy or a pickle of the sketch would cut the views from the buffers:
+    the live sketch is never copied (``merge`` and ``to_dict`` make new arrays).
     """
 
     def __init__(
