@@ -348,13 +348,13 @@ class _Connection(asyncio.Protocol):
             self.busy = True
             try:
                 result = self.server.handler(request)
+                if not isinstance(result, Response):  # an awaitable, or a handler's bug
+                    task = asyncio.ensure_future(result)
+                    task.add_done_callback(functools.partial(self._finished, request))
+                    return
             except Exception:
                 logger.exception("%s %s failed", request.method, request.path)
                 result = Response(500, error_body("internal server error"))
-            if not isinstance(result, Response):
-                task = asyncio.ensure_future(result)
-                task.add_done_callback(functools.partial(self._finished, request))
-                return
             request = self._respond(request, result)
 
     def _finished(self, request: Request, task: asyncio.Future[Response]) -> None:

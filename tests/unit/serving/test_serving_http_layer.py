@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import pytest
@@ -533,3 +533,300 @@ async def test_graceful_close_answers_what_is_in_flight_and_refuses_new_connecti
         assert not http.connections
     finally:
         await http.close(0.1)
+
+
+# -- slow and stalled peers -----------------------------------------------------------------------
+
+BIG = 100_000
+"""Bytes of an answer big enough that a few of them fill the socket buffers."""
+
+
+def numbered(path: str) -> bytes:
+    """A ``BIG`` answer that says which request it is for."""
+    return (path.encode() + b" ").ljust(BIG, b"x")
+
+
+def big_answers(calls: list[str]) -> Handler:
+    """Answers every request later with ``numbered(path)``; records each call."""
+
+    async def answer(path: str) -> Response:
+        calls.append(path)
+        await asyncio.sleep(0)
+        return Response(200, numbered(path), "application/octet-stream")
+
+    def handler(request: Request) -> Awaitable[Response]:
+        return answer(request.path)
+
+    return handler
+
+
+def buffered(http: HttpServer) -> int:
+    """Bytes the server holds in its transports' write buffers."""
+    return sum(
+        conn.transport.get_write_buffer_size()
+        for conn in http.connections
+        if conn.transport is not None
+    )
+
+
+async def test_a_client_that_does_not_read_holds_back_the_handler_not_memory() -> None:
+    calls: list[str] = []
+    n = 300
+    async with (
+        http_server(big_answers(calls)) as (http, port),
+        connect(port) as (reader, writer),
+    ):
+        await send(writer, b"".join(get(f"/{i}") for i in range(n)))
+        # The client reads nothing for a second: the server must stop handling once the
+        # socket buffers and its write buffer are full, not answer all 300 into memory.
+        most = 0
+        halfway = 0
+        for tick in range(20):
+            await asyncio.sleep(0.05)
+            most = max(most, buffered(http))
+            if tick == 9:
+                halfway = len(calls)
+        assert 1 <= len(calls) <= 64, len(calls)
+        assert len(calls) == halfway  # stopped, not merely slow
+        assert most < 16 << 20, most
+        assert calls == [f"/{i}" for i in range(len(calls))]
+        # Once the client reads, every answer comes, whole and in order.
+        for i in range(n):
+            reply = await read_reply(reader)
+            assert reply.status == 200 and not reply.closes
+            assert reply.body == numbered(f"/{i}"), (i, reply.body[:16])
+        assert calls == [f"/{i}" for i in range(n)]
+        await send(writer, get("/after"))
+        assert (await read_reply(reader)).body == numbered("/after")
+
+
+async def test_a_peer_that_never_reads_its_answers_is_dropped() -> None:
+    calls: list[str] = []
+    n = 300
+    async with (
+        http_server(big_answers(calls), idle_timeout=1.0) as (http, port),
+        connect(port) as (reader, writer),
+    ):
+        await send(writer, b"".join(get(f"/{i}") for i in range(n)))
+        started = time.monotonic()
+        while http.connections:
+            assert time.monotonic() - started < 6.0, "a stalled peer was kept"
+            await asyncio.sleep(0.1)
+        assert time.monotonic() - started >= 0.9  # after the idle timeout, not before
+        assert len(calls) < n
+        # What was already in the socket buffers may still arrive; the rest never does.
+        answered = 0
+        with pytest.raises((asyncio.IncompleteReadError, ConnectionResetError)):
+            for i in range(n):
+                reply = await read_reply(reader)
+                assert reply.body == numbered(f"/{i}")
+                answered += 1
+        assert answered < n
+
+
+async def test_a_request_not_received_whole_in_time_is_408() -> None:
+    async with http_server(ok, request_timeout=1.0) as (_, port):
+
+        async def stalled() -> float:
+            async with connect(port) as (reader, writer):
+                await send(writer, b"GET /slow HTTP/1.1\r\nHost: t\r\n")
+                started = time.monotonic()
+                reply = await read_reply(reader)
+                waited = time.monotonic() - started
+                assert reply.status == 408 and reply.closes
+                assert reply.headers["content-type"] == "application/json"
+                assert "within 1 s" in reply.json()["error"]
+                assert await rest(reader) == b""
+                return waited
+
+        async def in_time() -> None:
+            async with connect(port) as (reader, writer):
+                # Sent in pieces, but whole within the deadline.
+                data = get("/a")
+                for piece in (data[:5], data[5:20], data[20:]):
+                    await send(writer, piece)
+                    await asyncio.sleep(0.2)
+                reply = await read_reply(reader)
+                assert reply.json() == {"path": "/a"} and not reply.closes
+                # Time between requests is not a request's time.
+                await asyncio.sleep(1.6)
+                await send(writer, get("/b"))
+                reply = await read_reply(reader)
+                assert reply.json() == {"path": "/b"} and not reply.closes
+
+        waited, _ = await asyncio.gather(stalled(), in_time())
+        # Swept every 0.5 s: answered between 1 and 1.5 s after the first byte.
+        assert 0.9 <= waited < 3.0
+
+
+# -- framing --------------------------------------------------------------------------------------
+
+
+def sized(request: Request) -> Response:
+    return Response(200, json.dumps({"path": request.path, "size": len(request.body)}).encode())
+
+
+async def test_trailers_past_the_bound_are_431_and_many_small_chunks_are_not() -> None:
+    head = request("/t", "Host: test", "Transfer-Encoding: chunked", method="POST")
+    async with http_server(sized, max_body=1 << 20) as (_, port):
+        async with connect(port) as (reader, writer):
+            # The body is fine; the trailer section grows, a read at a time.
+            await send(writer, head + chunk(b"fine") + b"0\r\nX-Trailer: ")
+            for _ in range(MAX_HEAD // 8192 + 2):
+                await asyncio.sleep(0.01)  # separate reads
+                await send(writer, b"a" * 8192)
+            reply = await read_reply(reader)
+            assert reply.status == 431 and reply.closes
+            assert f"over {MAX_HEAD} bytes" in reply.json()["error"]
+            assert await rest(reader) == b""
+        async with connect(port) as (reader, writer):
+            # One-byte chunks: their framing adds up to more than MAX_HEAD, and is allowed.
+            n = MAX_HEAD // 5 + 1000
+            chunks = [chunk(b"x") for _ in range(n)]
+            await send(writer, head)
+            for start in range(0, n, 1000):
+                await asyncio.sleep(0.005)
+                await send(writer, b"".join(chunks[start : start + 1000]))
+            await send(writer, b"0\r\nX-Checksum: small\r\n\r\n")
+            reply = await read_reply(reader)
+            assert (reply.status, reply.json()) == (200, {"path": "/t", "size": n})
+            assert not reply.closes
+            await send(writer, post("/after", b"{}"))
+            assert (await read_reply(reader)).json() == {"path": "/after", "size": 2}
+
+
+async def test_an_upgrade_request_with_a_body_is_400_and_never_handled() -> None:
+    seen: list[Request] = []
+
+    def handler(request: Request) -> Response:
+        seen.append(request)
+        return sized(request)
+
+    upgrade = ("Host: test", "Connection: Upgrade", "Upgrade: h2c")
+    with_length = request("/p", *upgrade, "Content-Length: 5", method="POST")
+    chunked = request("/p", *upgrade, "Transfer-Encoding: chunked", method="POST")
+    chunked_body = chunk(b"hello") + b"0\r\n\r\n"
+    async with http_server(handler) as (_, port):
+        # Whole in one read, and the head before the body.
+        for pieces in (
+            (with_length + b"hello",),
+            (with_length, b"hello"),
+            (chunked + chunked_body,),
+            (chunked, chunked_body),
+        ):
+            async with connect(port) as (reader, writer):
+                for piece in pieces:
+                    await send(writer, piece)
+                    await asyncio.sleep(0.05)
+                reply = await read_reply(reader)
+                assert reply.status == 400 and reply.closes, pieces
+                assert "upgrades are not supported" in reply.json()["error"]
+                assert await rest(reader) == b""
+        assert seen == []  # above all, never handled as if its body were empty
+        async with connect(port) as (reader, writer):
+            await send(writer, post("/p", b"hello"))
+            assert (await read_reply(reader)).json() == {"path": "/p", "size": 5}
+        assert seen == [Request("POST", "/p", b"hello")]
+
+
+async def test_http_1_0_keep_alive_is_answered_and_closed() -> None:
+    async with http_server(ok) as (_, port), connect(port) as (reader, writer):
+        keep_alive = request("/a", "Connection: keep-alive", version="1.0")
+        await send(writer, keep_alive + request("/b", "Connection: keep-alive", version="1.0"))
+        reply = await read_reply(reader)
+        assert (reply.status, reply.json()) == (200, {"path": "/a"})
+        assert reply.closes
+        assert await rest(reader) == b""  # "/b" is not answered
+
+
+async def test_an_owed_100_continue_is_sent_after_the_answers_before_it() -> None:
+    async def slow() -> Response:
+        await asyncio.sleep(0.3)
+        return Response(200, b'{"path": "/slow", "size": 0}')
+
+    def handler(request: Request) -> Response | Awaitable[Response]:
+        return slow() if request.path == "/slow" else sized(request)
+
+    body = b'{"x": 1}'
+    expecting = post("/p", body, "Expect: 100-continue")
+    async with http_server(handler) as (_, port):
+        async with connect(port) as (reader, writer):
+            await send(writer, get("/slow") + expecting[: -len(body)])
+            # Sent before the first answer, a 100 would read as that answer's interim one.
+            first = await read_reply(reader)
+            assert first.json() == {"path": "/slow", "size": 0} and not first.closes
+            interim = await read_reply(reader)
+            assert (interim.status, interim.headers) == (100, {})
+            await send(writer, body)
+            assert (await read_reply(reader)).json() == {"path": "/p", "size": len(body)}
+            # No second 100 anywhere: the next read is the next answer.
+            await send(writer, get("/q"))
+            assert (await read_reply(reader)).json() == {"path": "/q", "size": 0}
+        async with connect(port) as (reader, writer):
+            # The body already sent: no 100 is owed once the request is whole.
+            await send(writer, get("/slow") + expecting + get("/q"))
+            assert (await read_reply(reader)).json() == {"path": "/slow", "size": 0}
+            assert (await read_reply(reader)).json() == {"path": "/p", "size": len(body)}
+            assert (await read_reply(reader)).json() == {"path": "/q", "size": 0}
+            # Nor later, once the connection is idle: the next read is the next answer.
+            await send(writer, get("/r"))
+            assert (await read_reply(reader)).json() == {"path": "/r", "size": 0}
+
+
+# -- handler bugs ---------------------------------------------------------------------------------
+
+
+async def test_an_answer_that_cannot_be_written_drops_the_connection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def nothing() -> Response:
+        await asyncio.sleep(0.01)
+        return cast(Response, None)
+
+    def handler(request: Request) -> Response | Awaitable[Response]:
+        if request.path == "/str":
+            return Response(200, cast(bytes, '{"not": "bytes"}'))
+        if request.path == "/none":
+            return nothing()
+        return ok(request)
+
+    with caplog.at_level(logging.ERROR, logger="modelops.serving.http"):
+        async with http_server(handler) as (http, port):
+            for path in ("/str", "/none"):
+                async with connect(port) as (reader, writer):
+                    await send(writer, get("/a"))
+                    assert (await read_reply(reader)).json() == {"path": "/a"}
+                    await send(writer, get(path) + get("/b"))
+                    try:
+                        after = await rest(reader)
+                    except ConnectionResetError:
+                        after = b""
+                    assert after == b"", after  # dropped: no answer, not "/b"'s either
+            async with connect(port) as (reader, writer):
+                await send(writer, get("/c"))
+                assert (await read_reply(reader)).json() == {"path": "/c"}
+                assert len(http.connections) == 1
+    failed = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "modelops.serving.http" and r.levelno >= logging.ERROR
+    ]
+    assert failed == [
+        "GET /str: the answer could not be written",
+        "GET /none: the answer could not be written",
+    ]
+
+
+async def test_a_sync_handler_that_returns_no_answer_is_a_500(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def handler(request: Request) -> Response:
+        return cast(Response, None) if request.path == "/none" else ok(request)
+
+    with caplog.at_level(logging.ERROR, logger="modelops.serving.http"):
+        async with http_server(handler) as (_, port), connect(port) as (reader, writer):
+            await send(writer, get("/none") + get("/after"))
+            reply = await read_reply(reader)
+            assert reply.status == 500 and reply.json() == {"error": "internal server error"}
+            assert (await read_reply(reader)).json() == {"path": "/after"}
+    assert any("/none failed" in r.getMessage() for r in caplog.records)
