@@ -233,7 +233,7 @@ class _Packed:
             for j, (name, layout) in enumerate(layouts.items())
             if layout.kind == "numeric" and not layout.exact
         ]
-        if len(chosen) < 2:
+        if not chosen:
             return None
         sizes = [layout.edges.size + 1 for _, _, layout in chosen]
         bases = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.intp)

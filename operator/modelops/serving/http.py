@@ -176,7 +176,6 @@ class _Connection(asyncio.Protocol):
         self._continue_owed = False
         self._chunked = False
         self._length: int | None = None
-        self._complete = False
         # Bytes that are not body (request line, headers, chunk framing, trailers) since the
         # last whole request: the parser buffers some of them whole, so they are bounded.
         self._overhead = 0
@@ -204,7 +203,7 @@ class _Connection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             # No protocol switch here: answer what was asked, if it was whole, then close.
-            if not self._complete:
+            if self._started is not None:  # stopped inside a request
                 self._fail(400, "protocol upgrades (and CONNECT) are not supported")
             elif self.busy or self.queue:
                 self.done = True
@@ -265,7 +264,6 @@ class _Connection(asyncio.Protocol):
         self._expect = False
         self._chunked = False
         self._length = None
-        self._complete = False
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -308,7 +306,6 @@ class _Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        self._complete = True
         self._completed += 1
         self._overhead = self._chunks = 0
         self._started = None

@@ -107,7 +107,7 @@ class SketchWindow:
         A sketch counts every feature independently, so the order of a column's values does
         not change it; binning sorted values (numpy's binary search reuses its last bounds
         on sorted keys) takes about half the time of binning them in arrival order. A matrix
-        goes as it is: the sketch sorts it (all columns at once).
+        goes as it is: the sketch sorts its binned columns itself, all at once.
         """
         if isinstance(rows, np.ndarray):
             return rows
