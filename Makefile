@@ -19,7 +19,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install the project with its test and dev tools
 
-test: $(STAMP) ## Run the whole offline test suite (unit, integration, e2e)
+controlplane: ## Build the Kubernetes control plane (Go 1.26+; cached by the hash of go.sum)
+	operator/controlplane/build.sh
+
+test: $(STAMP) controlplane ## Run the whole offline test suite (unit, integration, e2e)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: $(STAMP) ## Run the unit tests only
@@ -45,7 +48,7 @@ verify-crds: $(STAMP) ## Fail if crds/*.yaml differ from what the models generat
 run: $(STAMP) ## Run the operator against the current kubeconfig
 	$(PY) -m modelops run
 
-demo: $(STAMP) ## The whole loop on this machine, no cluster needed
+demo: $(STAMP) controlplane ## The whole loop on a local Kubernetes control plane
 	$(PY) -m modelops local demo
 
 bench: bench-drift bench-serve ## Print every benchmark (numbers, not pass/fail)
@@ -72,6 +75,6 @@ e2e-kind: $(STAMP) ## Run the real-cluster tests (needs Docker and kind)
 	$(PY) -m pytest -m kind tests/kind
 
 clean: ## Remove the virtual environment and caches
-	rm -rf $(VENV) .venv-checkov .pytest_cache .mypy_cache .ruff_cache .modelops
+	rm -rf $(VENV) .venv-checkov .pytest_cache .mypy_cache .ruff_cache .modelops bin
 
-.PHONY: help install test unit lint format typecheck crds verify-crds run demo bench bench-drift bench-serve deploy undeploy images e2e-kind clean
+.PHONY: help install controlplane test unit lint format typecheck crds verify-crds run demo bench bench-drift bench-serve deploy undeploy images e2e-kind clean

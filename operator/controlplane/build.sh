@@ -9,7 +9,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-export GOTOOLCHAIN=local GOFLAGS=-mod=readonly
+export GOTOOLCHAIN=local GOFLAGS="-mod=readonly -buildvcs=false"
 
 command -v go >/dev/null || { echo "build.sh: Go 1.26+ is required (https://go.dev/dl/)" >&2; exit 1; }
 have="$(go env GOVERSION)"

@@ -7,8 +7,10 @@ count), and drives it with ``wrk`` (installed with apt-get when missing) for 1-r
 requests at concurrency 1 and 16. Prints req/s, p50 and p99 next to the in-process
 JSON -> predict -> JSON time of the same model and the ratios to the targets, then measures
 how long a rollback (canary weight -> 0) takes to reach 100% stable under steady traffic: with
-the table in a ConfigMap the server watches on an in-process API server (as in a cluster; the
-PATCH included) and with the routing file (polled). ``--rollback-only`` skips the load runs.
+the table in a ConfigMap the server watches on a real control plane (``bin/controlplane``:
+etcd + kube-apiserver with RBAC, as in a cluster; the PATCH included, the server logged in as
+its ServiceAccount with the serving Role) and with the routing file (polled).
+``--rollback-only`` skips the load runs.
 
 Numbers are printed, never asserted: they depend on the machine and on what else runs on it.
 """
@@ -42,7 +44,7 @@ from sklearn.datasets import make_classification
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "tests")]
 
-from modelops.local.apiserver import ApiServer  # noqa: E402
+from modelops.local.controlplane import ControlPlane  # noqa: E402
 from modelops.local.s3server import S3Server  # noqa: E402
 from modelops.storage import Location  # noqa: E402
 from modelops.training.estimators import trusted_types  # noqa: E402
@@ -294,14 +296,18 @@ def file_publisher(routing_file: Path) -> Publish:
     return publish
 
 
-def configmap_publisher(api_url: str, name: str) -> Publish:
-    """What the operator does on a rollback: one PATCH of the routing ConfigMap."""
-    url = f"{api_url}/api/v1/namespaces/default/configmaps/{name}"
+def configmap_publisher(control_plane: ControlPlane, namespace: str, name: str) -> Publish:
+    """What the operator does on a rollback: one PATCH of the routing ConfigMap (as admin)."""
+    url = f"{control_plane.url}/api/v1/namespaces/{namespace}/configmaps/{name}"
+    tls = control_plane.ssl_context("admin")
 
     async def publish(table: dict[str, Any]) -> None:
         patch = {"data": {"routing.json": json.dumps(table)}}
         headers = {"Content-Type": "application/merge-patch+json"}
-        async with aiohttp.ClientSession() as s, s.patch(url, json=patch, headers=headers) as r:
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls)) as s,
+            s.patch(url, json=patch, headers=headers) as r,
+        ):
             assert r.status == 200, await r.text()
 
     return publish
@@ -495,10 +501,14 @@ async def main_async(args: argparse.Namespace) -> int:
 async def watched_rollbacks(
     s3: S3Server, tmp: Path, table: dict[str, Any], args: argparse.Namespace
 ) -> list[float]:
-    """The server as in a pod: its table from a ConfigMap it watches on an API server."""
-    async with ApiServer() as api:
+    """The server as in a pod: its table from a ConfigMap it watches on a real control plane
+    (in ``default``, the namespace of the table)."""
+    print("starting the control plane ...", flush=True)
+    with ControlPlane(tmp / "controlplane") as control_plane:
+        print(f"  ready in {control_plane.ready_seconds:.1f} s", flush=True)
         server = await watched_server(
-            api,
+            control_plane,
+            "default",
             s3.endpoint,
             s3.access_key,
             s3.secret_key,
@@ -512,7 +522,7 @@ async def watched_rollbacks(
         try:
             await server.wait_ready(60)
             url = f"{server.url}/v2/models/bench/infer"
-            publish = configmap_publisher(api.url, "bench-routing")
+            publish = configmap_publisher(control_plane, "default", "bench-routing")
             return [
                 await rollback_seconds(url, publish, table, "bench-v3")
                 for _ in range(args.rollbacks)

@@ -1,4 +1,4 @@
-"""The embedded local cluster, started once for the end-to-end tests (and stopped after)."""
+"""The local cluster (real control plane, kubelet, S3, operator), once for the end-to-end tests."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from modelops.local.cluster import LocalCluster
 Kubectl = Callable[..., str]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     with LocalCluster(tmp_path_factory.mktemp("local-cluster")) as cluster:
         yield cluster
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def kubectl(local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Kubectl:
     """``kubectl(*args) -> stdout`` against the local cluster (skips without kubectl)."""
     binary = shutil.which("kubectl")

@@ -1,77 +1,101 @@
-"""Integration fixtures: a real S3 server, an in-process API server, the real operator."""
+"""Integration fixtures: one real control plane + kubelet + S3 server, a namespace per test.
+
+The local cluster runs without its operator; each test that needs one starts the real
+operator process scoped to the test's namespace (``MODELOPS_NAMESPACES``), logged in with a
+token of the shipped ServiceAccount ``modelops-system/modelops-operator``, so the shipped
+ClusterRole is exactly what it may do.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import kopf
 import pytest
 
-from modelops.api.crd import load_all
-from modelops.controllers.cluster import Cluster
-from modelops.local.apiserver import ApiServer
+from modelops.controllers.cluster import ApiError, Cluster
+from modelops.local.cluster import BUCKET, SECRET, LocalCluster
 from modelops.local.s3server import S3Server
 from modelops.storage import Location
 from support.models import iris_frame
-from support.operator import OperatorProcess
-
-ROOT = Path(__file__).resolve().parents[2]
+from support.operator import OperatorProcess, eventually
 
 
-@pytest.fixture(scope="session")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    with S3Server(tmp_path_factory.mktemp("s3")) as server:
-        store = server.store()
-        store.ensure_bucket("modelops")
+@pytest.fixture(scope="package")
+def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    with LocalCluster(tmp_path_factory.mktemp("cluster"), operator=False) as cluster:
+        store = cluster.store()
         frame = iris_frame()
-        store.put(Location("modelops", "datasets/iris.csv"), frame.to_csv(index=False).encode())
+        store.put(Location(BUCKET, "datasets/iris.csv"), frame.to_csv(index=False).encode())
         buffer = io.BytesIO()
         frame.to_parquet(buffer)
-        store.put(Location("modelops", "datasets/iris.parquet"), buffer.getvalue())
-        yield server
+        store.put(Location(BUCKET, "datasets/iris.parquet"), buffer.getvalue())
+        yield cluster
+
+
+@pytest.fixture(scope="package")
+def s3(local_cluster: LocalCluster) -> S3Server:
+    assert local_cluster.s3 is not None
+    return local_cluster.s3
 
 
 @pytest.fixture
-async def api() -> AsyncIterator[ApiServer]:
-    async with ApiServer(crds=load_all(ROOT / "crds")) as server:
-        yield server
+async def admin(local_cluster: LocalCluster) -> AsyncIterator[Cluster]:
+    """An API client with cluster-admin rights (the test's own hands, not the operator's)."""
+    client = Cluster(local_cluster.connection())
+    yield client
+    await client.close()
 
 
 @pytest.fixture
-async def cluster(api: ApiServer, s3: S3Server) -> AsyncIterator[Cluster]:
-    client = Cluster(kopf.ConnectionInfo(server=api.url, insecure=True))
-    await client.create(
+async def namespace(admin: Cluster, s3: S3Server) -> AsyncIterator[str]:
+    """A fresh namespace with its ``default`` ServiceAccount and the store's Secret."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    await admin.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+
+    async def default_account() -> bool:
+        return await admin.get("v1", "ServiceAccount", name, "default") is not None
+
+    await eventually(default_account, what=f"the default ServiceAccount of {name}")
+    await admin.create(
         {
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": {"name": "modelops-s3", "namespace": "default"},
+            "metadata": {"name": SECRET, "namespace": name},
             "stringData": {
                 "AWS_ACCESS_KEY_ID": s3.access_key,
                 "AWS_SECRET_ACCESS_KEY": s3.secret_key,
             },
         }
     )
-    yield client
-    await client.close()
+    yield name
+    with contextlib.suppress(ApiError):  # already going
+        await admin.delete("v1", "Namespace", None, name)
+
+
+@pytest.fixture
+async def cluster(admin: Cluster, namespace: str) -> Cluster:
+    """The admin client, once the test's namespace exists."""
+    return admin
+
+
+@pytest.fixture
+def operator_kubeconfig(local_cluster: LocalCluster, tmp_path: Path) -> Path:
+    return local_cluster.operator_kubeconfig(tmp_path / "operator.kubeconfig")
 
 
 @pytest.fixture
 async def operator(
-    api: ApiServer, s3: S3Server, cluster: Cluster, tmp_path: Path
+    operator_kubeconfig: Path, s3: S3Server, namespace: str, tmp_path: Path
 ) -> AsyncIterator[OperatorProcess]:
-    proc = OperatorProcess(api.write_kubeconfig(tmp_path / "kubeconfig"), s3, tmp_path / "logs")
+    proc = OperatorProcess(
+        operator_kubeconfig, s3, tmp_path / "logs", MODELOPS_NAMESPACES=namespace
+    )
     proc.start()
     yield proc
     crashed = proc.starts and not proc.alive() and proc.process is not None
     proc.stop()
     assert not crashed, f"the operator exited by itself:\n{proc.logs()[-3000:]}"
-
-
-@pytest.fixture(autouse=True)
-def fresh_live_data(s3: S3Server) -> None:
-    """Each test starts with no sketches and no pod reports left by an earlier one."""
-    store = s3.store()
-    for prefix in ("default/sketches/", "default/serving/"):
-        store.delete_prefix(Location("modelops", prefix))

@@ -1,6 +1,6 @@
 """The model server as a process (``python -m modelops.serving``) against a real S3 server:
-hot swaps under load, digest refusal, sketches equal to the traffic, graceful shutdown, and
-several workers on one port."""
+hot swaps under load, digest refusal, sketches equal to the traffic (its table watched in a
+ConfigMap on the real control plane), graceful shutdown, and several workers on one port."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from modelops.drift.sketch import Sketch
-from modelops.local.apiserver import ApiServer
+from modelops.local.cluster import LocalCluster
 from modelops.local.s3server import S3Server
 from modelops.storage import ArtifactStore, Location
 from unit.serving.test_serving_support import (
@@ -57,8 +57,10 @@ def start(s3: S3Server, tmp_path: Path, table: dict[str, Any], **kwargs: Any) ->
     return server
 
 
-def sketches(store: ArtifactStore, deployment: str, version: str) -> list[tuple[str, Any]]:
-    prefix = Location(BUCKET, f"default/sketches/{deployment}/{version}/")
+def sketches(
+    store: ArtifactStore, deployment: str, version: str, namespace: str = "default"
+) -> list[tuple[str, Any]]:
+    prefix = Location(BUCKET, f"{namespace}/sketches/{deployment}/{version}/")
     return [(key, orjson.loads(store.get(Location(BUCKET, key)))) for key in store.list(prefix)]
 
 
@@ -137,28 +139,34 @@ async def test_hot_swap_under_load_and_digest_refusal(
 
 
 async def test_configmap_table_sketches_equal_the_traffic_and_sigterm_flushes(
-    s3: S3Server, versions: dict[str, dict[str, Any]], tmp_path: Path
+    local_cluster: LocalCluster,
+    namespace: str,
+    s3: S3Server,
+    versions: dict[str, dict[str, Any]],
+    tmp_path: Path,
 ) -> None:
     v1, v2 = versions["v1"], versions["v2"]
-    table = routing_table([(v1, "stable", 70), (v2, "canary", 30)], deployment="iris-sk")
+    table = routing_table(
+        [(v1, "stable", 70), (v2, "canary", 30)], deployment="iris-sk", namespace=namespace
+    )
     store = s3.store()
-    async with ApiServer() as api:
-        server = await watched_server(
-            api,
-            s3.endpoint,
-            s3.access_key,
-            s3.secret_key,
-            table,
-            "iris-sk-routing",
-            tmp_path,
-            sketch_interval=1.0,
-        )
-        server.start()
-        sent, labels, statuses = await _traffic_then_sigterm(server)
+    server = await watched_server(
+        local_cluster.control_plane,
+        namespace,
+        s3.endpoint,
+        s3.access_key,
+        s3.secret_key,
+        table,
+        "iris-sk-routing",
+        tmp_path,
+        sketch_interval=1.0,
+    )
+    server.start()
+    sent, labels, statuses = await _traffic_then_sigterm(server)
     assert set(statuses) == {200}, statuses  # drained: every request answered got a 200
     assert "final sketch window(s) written" in server.logs()
     for version, entry in (("iris-v1", v1), ("iris-v2", v2)):
-        windows = sketches(store, "iris-sk", version)
+        windows = sketches(store, "iris-sk", version, namespace)
         assert len(windows) >= 2, [k for k, _ in windows]
         profile = orjson.loads(store.get(Location.parse(entry["profile"]["uri"])))
         merged = Sketch.from_dict(windows[0][1])

@@ -28,6 +28,7 @@ _PLURALS = {
     "ServiceAccount": "serviceaccounts",
     "HTTPRoute": "httproutes",
     "Pod": "pods",
+    "Namespace": "namespaces",
     "Event": "events",
     "TrainingRun": "trainingruns",
     "ModelVersion": "modelversions",

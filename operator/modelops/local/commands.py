@@ -69,22 +69,24 @@ def _running(state_dir: Path) -> int | None:
 
 def up(state_dir: Path) -> int:
     cluster = LocalCluster(state_dir)
-    print("starting the local cluster (API server, S3 server, executor, operator) ...")
+    print("starting the local cluster (control plane, S3 server, kubelet, operator) ...")
     try:
         cluster.start()
         info = _register(cluster)
         seeded = seed_datasets(cluster)
+        version = cluster.control_plane.version()["gitVersion"]
         print(
             f"""
-API server   {info["api"]}
+API server   {info["api"]}  (Kubernetes {version}, RBAC on)
 kubeconfig   export KUBECONFIG={info["kubeconfig"]}
-             kubectl apply --validate=false -k manifests/samples; kubectl get modelops
+             kubectl apply -k manifests/samples; kubectl get modelops
+operator     kubectl -n modelops-system logs deploy/modelops-operator
 S3           {info["s3"]["endpoint"]}  bucket {info["s3"]["bucket"]}  datasets: {seeded}
              (AWS_ACCESS_KEY_ID={info["s3"]["accessKey"]}
               AWS_SECRET_ACCESS_KEY={info["s3"]["secretKey"]})
-images       only {info["runtimeImage"]} runs (as local processes)
+images       only {info["runtimeImage"]} and the operator's run (as local processes)
 services     {info["services"]} (each Service's loopback address, listed below as they come)
-logs         {info["logs"]}  and {state_dir}/pods/<namespace>/<pod>/container.log
+logs         {info["logs"]}, {info["controlPlaneLogs"]}, kubectl logs <pod>
 
 Ctrl-C or `modelops local down` stops everything.""",
             flush=True,
@@ -92,15 +94,15 @@ Ctrl-C or `modelops local down` stops everything.""",
         shown: dict[str, str] = {}
         while True:
             time.sleep(1)
-            assert cluster.executor is not None
-            for service, ports in cluster.executor.services().items():
+            assert cluster.kubelet is not None
+            for service, ports in cluster.kubelet.services().items():
                 for port, where in ports.items():
                     line = f"{where['dns']} -> {where['url'] or where['address']}"
                     if shown.get(f"{service}:{port}") != line:
                         shown[f"{service}:{port}"] = line
                         print(f"service {service}:{port}  {line}", flush=True)
-            if cluster.operator is not None and cluster.operator.poll() is not None:
-                print(f"the operator exited: see {cluster.log_dir}/operator.log", file=sys.stderr)
+            if (why := cluster.failure()) is not None:
+                print(f"the local cluster stopped working: {why}", file=sys.stderr)
                 return 1
     finally:
         cluster.stop()
@@ -139,7 +141,7 @@ def _ours(pgid: int) -> bool:
         command = Path(f"/proc/{pgid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"weed" in command or b"modelops" in command
+    return b"weed" in command or b"modelops" in command or b"controlplane" in command
 
 
 def down(state_dir: Path) -> int:

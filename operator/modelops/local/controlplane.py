@@ -128,7 +128,7 @@ class ControlPlane:
 
     def kubeconfig(self, identity: str = "admin") -> Path:
         """The kubeconfig of a PKI identity (``admin``, ``controller-manager``, ``scheduler``,
-        ``node``), written at start."""
+        ``node``, ``kube-proxy``), written at start."""
         return self.state_dir / f"{identity}.kubeconfig"
 
     def connection(self, identity: str = "admin") -> kopf.ConnectionInfo:
@@ -212,7 +212,7 @@ class ControlPlane:
             "--enable-priority-and-fairness=false",
         )
         self._wait("kube-apiserver", f"{self.url}/readyz", self.ssl_context())
-        for identity in ("admin", "controller-manager", "scheduler", "node"):
+        for identity in ("admin", "controller-manager", "scheduler", "node", "kube-proxy"):
             self._write_kubeconfig(self.kubeconfig(identity), self._user(identity))
 
         kcm, scheduler = self.kubeconfig("controller-manager"), self.kubeconfig("scheduler")
@@ -337,9 +337,7 @@ class ControlPlane:
         self, path: Path, namespace: str, name: str, *, expiration_seconds: int = 86400
     ) -> Path:
         """A kubeconfig that authenticates as the ServiceAccount (its RBAC is what it gets)."""
-        token = self.service_account_token(
-            namespace, name, expiration_seconds=expiration_seconds
-        )
+        token = self.service_account_token(namespace, name, expiration_seconds=expiration_seconds)
         self._write_kubeconfig(path, {"token": token})
         return path
 

@@ -91,7 +91,7 @@ def run_demo(
 ) -> int:
     view = make_view(plain=plain)
     rich = isinstance(view, RichView)
-    view.say("Starting the local cluster: API server, S3 server, executor, operator")
+    view.say("Starting the local cluster: Kubernetes control plane, S3 server, kubelet, operator")
     cluster = LocalCluster(state_dir)
     started = time.monotonic()
     try:

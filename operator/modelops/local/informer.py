@@ -1,5 +1,7 @@
-"""A tiny informer: list, then watch, one resource cluster-wide; keep the objects in memory.
+"""A tiny informer: list, then watch, one resource; keep the objects in memory.
 
+The resource is a collection URL (``/api/v1/pods``, all namespaces), optionally narrowed by a
+field and a label selector; the session carries the credentials (TLS client certificate).
 Every change calls ``on_change(type, object)``; a stream that ends is resumed from the last
 resourceVersion, and an expired one (410) is listed again.
 """
@@ -15,8 +17,6 @@ from typing import Any
 
 import aiohttp
 
-from modelops.controllers.cluster import path
-
 logger = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
@@ -27,13 +27,19 @@ class Informer:
     def __init__(
         self,
         session: aiohttp.ClientSession,
-        server: str,
-        api_version: str,
-        kind: str,
+        url: str,
         on_change: Callable[[str, Obj], None],
+        *,
+        field_selector: str | None = None,
+        label_selector: str | None = None,
     ) -> None:
-        self.url = server.rstrip("/") + path(api_version, kind, None)
-        self.kind = kind
+        self.url = url
+        self.kind = url.rsplit("/", 1)[-1]
+        self._selectors = {
+            k: v
+            for k, v in (("fieldSelector", field_selector), ("labelSelector", label_selector))
+            if v
+        }
         self.objects: dict[tuple[str, str], Obj] = {}
         self.synced = asyncio.Event()
         self._session = session
@@ -66,12 +72,12 @@ class Informer:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                logger.debug("informer %s: %s; retrying", self.kind, exc)
+                logger.warning("informer %s: %r; retrying", self.kind, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
     async def _list(self) -> str:
-        async with self._session.get(self.url) as resp:
+        async with self._session.get(self.url, params=self._selectors) as resp:
             resp.raise_for_status()
             body = await resp.json()
         fresh = {self.key(o): o for o in body.get("items", [])}
@@ -86,7 +92,13 @@ class Informer:
         return str(body.get("metadata", {}).get("resourceVersion", ""))
 
     async def _watch(self, rv: str) -> str | None:
-        params = {"watch": "true", "resourceVersion": rv, "timeoutSeconds": str(WATCH_SECONDS)}
+        params = {
+            **self._selectors,
+            "watch": "true",
+            "resourceVersion": rv,
+            "timeoutSeconds": str(WATCH_SECONDS),
+            "allowWatchBookmarks": "true",
+        }
         async with self._session.get(self.url, params=params) as resp:
             if resp.status == 410:
                 return None

@@ -49,6 +49,9 @@ def identities(node_name: str) -> dict[str, Identity]:
         "controller-manager": Identity("system:kube-controller-manager"),
         "scheduler": Identity("system:kube-scheduler"),
         "node": Identity(f"system:node:{node_name}", ("system:nodes",)),
+        # The Service proxy's identity: bound to ClusterRole system:node-proxier by the
+        # bootstrap policy (a node itself may not read EndpointSlices).
+        "kube-proxy": Identity("system:kube-proxy"),
         # The API server's identity towards kubelets (logs, exec): kubeadm's
         # apiserver-kubelet-client, authorized by the kubelet as a cluster admin.
         "apiserver-kubelet-client": Identity("kube-apiserver-kubelet-client", ("system:masters",)),
@@ -148,13 +151,12 @@ class Pki:
             + [x509.NameAttribute(NameOID.COMMON_NAME, identity.user)]
         )
         serving = bool(dns or ips)
+        usage = ExtendedKeyUsageOID.SERVER_AUTH if serving else ExtendedKeyUsageOID.CLIENT_AUTH
         builder = (
             _builder(subject, ca_cert.subject, key.public_key())
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH if serving else ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
+                x509.ExtendedKeyUsage([usage]),
                 critical=False,
             )
         )

@@ -3,7 +3,8 @@
 A :class:`LocalPod` is what the kubelet would do for one Pod: start the container's command
 (translated to this machine by a :class:`Launch`), follow its readiness and liveness probes,
 restart it per ``restartPolicy`` with a back-off, and describe all of it as a Pod ``status``.
-The executor decides which pods exist; a pod only runs and reports.
+The process kubelet (:mod:`modelops.local.kubelet`) decides which pods run here; a pod only
+runs and reports.
 """
 
 from __future__ import annotations
@@ -92,15 +93,15 @@ class LocalPod:
         runnable: bool,
         image_message: str = "",
         grace_max: float = 10.0,
+        pod_ip: str = "127.0.0.1",
+        host_ip: str = "127.0.0.1",
     ) -> None:
         self.pod = dict(pod)  # the Pod as created (metadata with uid, spec)
         self.meta: dict[str, Any] = self.pod["metadata"]
         self.spec: dict[str, Any] = self.pod["spec"]
         self.container: dict[str, Any] = self.spec["containers"][0]
-        self.owner_uid = next(
-            (r["uid"] for r in self.meta.get("ownerReferences", []) if r.get("controller")), ""
-        )
-        self.template_hash = self.meta.get("labels", {}).get("pod-template-hash", "")
+        self.pod_ip = pod_ip
+        self.host_ip = host_ip
         self.restart_policy = self.spec.get("restartPolicy", "Always")
         self._prepare = prepare  # async: builds the Launch (env needs the API)
         self._on_change = on_change
@@ -113,7 +114,7 @@ class LocalPod:
         self.last_state: dict[str, Any] = {}
         self.restarts = 0
         self.ready = False
-        self.started_at: str | None = None
+        self.start_time = now_iso()  # when this kubelet took the pod on (status.startTime)
         self.terminating = False
         self.exit_code: int | None = None
         self.process: asyncio.subprocess.Process | None = None
@@ -138,6 +139,14 @@ class LocalPod:
     @property
     def labels(self) -> dict[str, str]:
         return dict(self.meta.get("labels") or {})
+
+    @property
+    def uid(self) -> str:
+        return str(self.meta["uid"])
+
+    @property
+    def log_path(self) -> Path | None:
+        return None if self.launch is None else self.launch.workdir / "container.log"
 
     @property
     def done(self) -> bool:
@@ -209,7 +218,6 @@ class LocalPod:
         self.process = process
         processes.track(process.pid, f"pod {self.namespace}/{self.name}")
         started = now_iso()
-        self.started_at = self.started_at or started
         self.phase = "Running"
         self.state = {"running": {"startedAt": started}}
         self.ready = self._readiness() is None
@@ -291,8 +299,10 @@ class LocalPod:
 
     # -- stopping --
 
-    def _grace(self) -> float:
-        return min(float(self.spec.get("terminationGracePeriodSeconds", 30)), self._grace_max)
+    def _grace(self, seconds: float | None = None) -> float:
+        if seconds is None:
+            seconds = float(self.spec.get("terminationGracePeriodSeconds", 30))
+        return min(seconds, self._grace_max)
 
     async def _signal_and_wait(self, grace: float) -> None:
         process = self.process
@@ -305,14 +315,18 @@ class LocalPod:
             processes.signal_group(process.pid, signal.SIGKILL)
             await process.wait()
 
-    async def stop(self) -> None:
-        """Take the pod out of service, then SIGTERM it; SIGKILL after its grace period."""
+    async def stop(self, grace: float | None = None) -> None:
+        """Take the pod out of service, then SIGTERM it; SIGKILL after its grace period.
+
+        ``grace`` is the deletion's grace period (the pod's own when None), capped by
+        ``grace_max``. The pod ends in a terminal phase: Succeeded if its container exited 0.
+        """
         if self.terminating and self._task is None:
             return
         self.terminating = True
         self.ready = False
         self._changed()
-        await self._signal_and_wait(self._grace())
+        await self._signal_and_wait(self._grace(grace))
         task, self._task = self._task, None
         if task is not None:
             # Let it record the exit; a back-off sleep or a config retry is simply cancelled.
@@ -321,27 +335,46 @@ class LocalPod:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if not self.done:
+            self.phase = "Succeeded" if self.exit_code == 0 else "Failed"
+            if "terminated" not in self.state:
+                self.state = self.last_state or {
+                    "terminated": {
+                        "exitCode": 137,
+                        "reason": "ContainerStatusUnknown",
+                        "message": "The container never started before the pod was deleted",
+                    }
+                }
+            self._changed()
 
     # -- the Pod status --
 
-    def _condition(self, type_: str, ok: bool) -> dict[str, Any]:
+    def _condition(self, type_: str, ok: bool, reason: str = "") -> dict[str, Any]:
         previous = self._transitions.get(type_)
         if previous is None or previous[0] != ok:
             self._transitions[type_] = previous = (ok, now_iso())
-        return {
+        condition: dict[str, Any] = {
             "type": type_,
             "status": str(ok),
             "lastProbeTime": None,
             "lastTransitionTime": previous[1],
         }
+        if reason:
+            condition["reason"] = reason
+            if reason == "ContainersNotReady":
+                condition["message"] = f"containers with unready status: [{self.container['name']}]"
+        return condition
 
     def status(self) -> dict[str, Any]:
+        """The Pod ``status`` as the kubelet writes it (one container)."""
         running = "running" in self.state
+        unready = "" if self.ready else ("PodCompleted" if self.done else "ContainersNotReady")
         conditions = [
-            self._condition("PodScheduled", True),
+            self._condition("PodReadyToStartContainers", not self.done),
             self._condition("Initialized", True),
-            self._condition("ContainersReady", self.ready),
-            self._condition("Ready", self.ready),
+            self._condition("Ready", self.ready, unready),
+            self._condition("ContainersReady", self.ready, unready),
+            self._condition("PodScheduled", True),
         ]
         container_status: dict[str, Any] = {
             "name": self.container["name"],
@@ -350,15 +383,17 @@ class LocalPod:
             "ready": self.ready,
             "started": running,
             "restartCount": self.restarts,
+            **({"containerID": f"local://{self.process.pid}"} if self.process else {}),
             "state": self.state,
             "lastState": self.last_state if self.restarts else {},
         }
         status: dict[str, Any] = {
             "phase": self.phase,
-            "hostIP": "127.0.0.1",
-            "podIP": "127.0.0.1",
-            "podIPs": [{"ip": "127.0.0.1"}],
-            "startTime": self.started_at or now_iso(),
+            "hostIP": self.host_ip,
+            "hostIPs": [{"ip": self.host_ip}],
+            "podIP": self.pod_ip,
+            "podIPs": [{"ip": self.pod_ip}],
+            "startTime": self.start_time,
             "conditions": conditions,
             "containerStatuses": [container_status],
         }

@@ -126,13 +126,7 @@ class KubeAccess:
             if cluster.get("insecure-skip-tls-verify"):
                 tls = False
             else:
-                tls = ssl.create_default_context(
-                    cafile=_file(cluster, "certificate-authority", base),
-                )
-                cert = _file(user, "client-certificate", base)
-                key = _file(user, "client-key", base)
-                if cert:
-                    tls.load_cert_chain(cert, key)
+                tls = _tls_context(cluster, user, base)
         headers = {}
         if user.get("username") and user.get("password"):
             basic = base64.b64encode(f"{user['username']}:{user['password']}".encode()).decode()
@@ -154,16 +148,34 @@ def _host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _file(section: dict[str, Any], name: str, base: Path) -> str | None:
-    """A kubeconfig credential as a file path: ``<name>`` as is, ``<name>-data`` written out."""
+def _pem(section: dict[str, Any], name: str, base: Path) -> bytes | None:
+    """A kubeconfig credential's PEM: the file ``<name>`` (relative to the kubeconfig), else
+    the base64 ``<name>-data``, else None."""
     if section.get(name):
-        return str(base / section[name])
+        return (base / str(section[name])).read_bytes()
     data = section.get(f"{name}-data")
-    if not data:
-        return None
-    with tempfile.NamedTemporaryFile(delete=False, suffix=".pem") as handle:
-        handle.write(base64.b64decode(data))
-        return handle.name
+    return base64.b64decode(str(data)) if data else None
+
+
+def _tls_context(cluster: dict[str, Any], user: dict[str, Any], base: Path) -> ssl.SSLContext:
+    """The cluster's CA (system roots without one) and the user's client certificate, if any.
+
+    ``load_cert_chain`` reads files only: embedded cert and key data go through a private
+    temporary directory that is removed as soon as they are loaded, so no key is left behind.
+    """
+    ca = _pem(cluster, "certificate-authority", base)
+    context = ssl.create_default_context(cadata=ca.decode() if ca else None)
+    cert = _pem(user, "client-certificate", base)
+    if cert is None:
+        return context
+    key = _pem(user, "client-key", base)
+    with tempfile.TemporaryDirectory(prefix="kubeconfig-") as tmp:  # mode 0700
+        cert_file, key_file = Path(tmp) / "client.crt", Path(tmp) / "client.key"
+        cert_file.write_bytes(cert)
+        if key is not None:  # else the certificate's PEM holds the key too
+            key_file.write_bytes(key)
+        context.load_cert_chain(cert_file, key_file if key is not None else None)
+    return context
 
 
 class ConfigMapSource:

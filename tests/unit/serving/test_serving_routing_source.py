@@ -1,5 +1,6 @@
-"""Routing tables from a file (polled) and from a ConfigMap (listed, then watched through the
-API: here the in-process API server of modelops.local)."""
+"""Routing tables from a file (polled), kubeconfig reading and the source chosen from the
+environment; no network. The ConfigMap source against a real API server is in
+tests/integration/test_routing_source.py."""
 
 from __future__ import annotations
 
@@ -13,10 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
-from modelops.local.apiserver import ApiServer
 from modelops.serving.routing_source import (
     ConfigMapSource,
     FileSource,
@@ -50,52 +49,6 @@ async def test_file_source_submits_each_new_content_once(tmp_path: Path) -> None
         assert got == [b'{"a": 1}', b'{"a": 2}']
     finally:
         task.cancel()
-
-
-async def _configmap(
-    session: aiohttp.ClientSession, url: str, method: str, table: dict[str, Any] | None
-) -> None:
-    base = f"{url}/api/v1/namespaces/default/configmaps"
-    body = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": "iris-routing", "namespace": "default"},
-        "data": {"routing.json": json.dumps(table)},
-    }
-    if method == "POST":
-        request = session.post(base, json=body)
-    elif method == "PATCH":
-        request = session.patch(
-            f"{base}/iris-routing",
-            data=json.dumps({"data": body["data"]}),
-            headers={"Content-Type": "application/merge-patch+json"},
-        )
-    else:
-        request = session.delete(f"{base}/iris-routing")
-    async with request as r:
-        assert r.status < 300, await r.text()
-
-
-async def test_configmap_source_lists_then_watches(tmp_path: Path) -> None:
-    async with ApiServer() as api, aiohttp.ClientSession() as session:
-        access = KubeAccess.from_kubeconfig(api.write_kubeconfig(tmp_path / "kubeconfig"))
-        assert access.server == api.url and access.namespace == "default"
-        got: list[Any] = []
-        source = ConfigMapSource(access, "default", "iris-routing", max_backoff=0.2)
-        task = asyncio.create_task(source.run(lambda text: got.append(json.loads(text))))
-        try:
-            await asyncio.sleep(0.2)  # the ConfigMap does not exist yet: fine, keep watching
-            assert got == []
-            await _configmap(session, api.url, "POST", {"v": 1})
-            await until(lambda: got == [{"v": 1}])
-            await _configmap(session, api.url, "PATCH", {"v": 2})
-            await until(lambda: got == [{"v": 1}, {"v": 2}])
-            await _configmap(session, api.url, "DELETE", None)
-            await asyncio.sleep(0.1)
-            await _configmap(session, api.url, "POST", {"v": 3})
-            await until(lambda: got[-1] == {"v": 3})
-        finally:
-            task.cancel()
 
 
 async def test_configmap_source_survives_an_unreachable_api_server() -> None:

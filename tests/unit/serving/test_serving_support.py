@@ -1,7 +1,9 @@
 """Helpers for the serving tests (no tests here): models trained by the real trainer, routing
-tables, and the server run in-process or as a subprocess, always over real HTTP.
+tables, and the server run in-process or as a subprocess, always over real HTTP; a server that
+watches its ConfigMap on a real control plane, as a ServiceAccount with the serving Role.
 
-Imported as ``unit.serving.test_serving_support`` (``tests`` is on the path).
+Importable without a network (many unit tests import it), as
+``unit.serving.test_serving_support`` (``tests`` is on the path).
 """
 
 from __future__ import annotations
@@ -17,18 +19,24 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import numpy as np
 import pandas as pd
 from sklearn.datasets import load_iris
 
+from modelops import API_VERSION
+from modelops.api.deployment import Deployment
 from modelops.api.trainingrun import TrainingRunSpec
-from modelops.local.apiserver import ApiServer
+from modelops.controllers.cluster import path as api_path
+from modelops.resources.serving import server_name, server_rbac
 from modelops.serving.server import ModelServer, ServerConfig
 from modelops.storage import ArtifactError, ArtifactStore, Location, sha256_hex
 from modelops.training.trainer import train
+
+if TYPE_CHECKING:
+    from modelops.local.controlplane import ControlPlane
 
 BUCKET = "modelops"
 ROOT = Path(__file__).resolve().parents[3]
@@ -108,10 +116,11 @@ def routing_table(
     versions: Iterable[tuple[Mapping[str, Any], str, int]],
     model: str = "iris",
     deployment: str | None = None,
+    namespace: str = "default",
 ) -> dict[str, Any]:
     return {
         "deployment": deployment or model,
-        "namespace": "default",
+        "namespace": namespace,
         "model": model,
         "versions": [{**entry, "role": role, "weight": weight} for entry, role, weight in versions],
     }
@@ -285,8 +294,43 @@ def write_json(path: Path, doc: Any) -> None:
     tmp.replace(path)
 
 
+def create(control_plane: ControlPlane, obj: Mapping[str, Any]) -> dict[str, Any]:
+    """POST ``obj`` as cluster admin (a real server answers 201 or raises HTTPError)."""
+    meta = obj["metadata"]
+    return control_plane.request(
+        "POST", api_path(obj["apiVersion"], obj["kind"], meta.get("namespace")), obj
+    )
+
+
+def routing_reader_kubeconfig(
+    control_plane: ControlPlane,
+    namespace: str,
+    deployment: str,
+    model: str,
+    config_maps: Sequence[str],
+    path: Path,
+) -> Path:
+    """A kubeconfig (a ServiceAccount token) of the serving pods of ``deployment``: the
+    ServiceAccount, Role and RoleBinding the operator makes for them (``server_rbac``), which
+    may get, list and watch ``config_maps`` in ``namespace`` and nothing else."""
+    dep = Deployment.model_validate(
+        {
+            "apiVersion": API_VERSION,
+            "kind": "Deployment",
+            "metadata": {"name": deployment, "namespace": namespace},
+            "spec": {"model": model},
+        }
+    )
+    for obj in server_rbac(dep, list(config_maps)):
+        create(control_plane, obj)
+    return control_plane.write_service_account_kubeconfig(
+        path, namespace, server_name(deployment), expiration_seconds=3600
+    )
+
+
 async def watched_server(
-    api: ApiServer,
+    control_plane: ControlPlane,
+    namespace: str,
     s3_endpoint: str,
     access_key: str,
     secret_key: str,
@@ -296,16 +340,24 @@ async def watched_server(
     **options: Any,
 ) -> ServerProcess:
     """A server as in a pod (not started): its table in the ConfigMap ``configmap``, created
-    here on ``api``, which it watches."""
+    here in ``namespace`` of ``control_plane``, which it watches with the least privilege the
+    operator gives serving pods (see :func:`routing_reader_kubeconfig`)."""
     body = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {"name": configmap, "namespace": "default"},
+        "metadata": {"name": configmap, "namespace": namespace},
         "data": {"routing.json": json.dumps(table)},
     }
-    url = f"{api.url}/api/v1/namespaces/default/configmaps"
-    async with aiohttp.ClientSession() as session, session.post(url, json=body) as r:
-        assert r.status == 201, await r.text()
+    await asyncio.to_thread(create, control_plane, body)
+    kubeconfig = await asyncio.to_thread(
+        routing_reader_kubeconfig,
+        control_plane,
+        namespace,
+        str(table["deployment"]),
+        str(table["model"]),
+        [configmap],
+        tmp / f"{configmap}-kubeconfig",
+    )
     return ServerProcess(
         None,
         s3_endpoint,
@@ -313,10 +365,10 @@ async def watched_server(
         secret_key,
         tmp / f"{configmap}-server.log",
         env={
-            "KUBECONFIG": str(api.write_kubeconfig(tmp / f"{configmap}-kubeconfig")),
+            "KUBECONFIG": str(kubeconfig),
             "KUBERNETES_SERVICE_HOST": "",
             "MODELOPS_ROUTING_CONFIGMAP": configmap,
-            "POD_NAMESPACE": "default",
+            "POD_NAMESPACE": namespace,
         },
         **options,
     )
