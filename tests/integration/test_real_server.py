@@ -244,3 +244,28 @@ async def test_operator_token_is_refused_a_verb_the_cluster_role_does_not_grant(
         assert OPERATOR in str(refused.value)
     finally:
         await client.close()
+
+
+def test_a_quoted_float_param_reaches_the_trainer_as_a_float_through_the_server(
+    kubectl: Kubectl, namespace: str
+) -> None:
+    """kubectl and the server re-encode ``1.0`` as ``1``; ``"1.0"`` survives and is a float."""
+    from modelops.api.trainingrun import TrainingRunSpec
+    from modelops.training.estimators import build
+
+    text = (SAMPLES / "trainingrun-iris.yaml").read_text()
+    doc = yaml.safe_load(text)
+    doc["metadata"] |= {"name": "floats", "namespace": namespace}
+    doc["spec"]["estimator"] = {"name": "RandomForestClassifier", "params": {}}
+    manifest = yaml.safe_dump(doc).replace(
+        "params: {}", "params:\n      max_features: '1.0'\n      max_samples: 1.0"
+    )
+    done = kubectl("apply", "-f", "-", input=manifest)
+    assert done.returncode == 0, done.stderr
+    stored = json.loads(kubectl("get", "tr", "floats", "-n", namespace, "-o", "json").stdout)
+    params = stored["spec"]["estimator"]["params"]
+    assert params == {"max_features": "1.0", "max_samples": 1}  # the unquoted one lost its type
+    spec = TrainingRunSpec.model_validate(stored["spec"])
+    estimator = build(spec.estimator.name, dict(spec.estimator.params), spec.seed)
+    assert estimator.get_params()["max_features"] == 1.0
+    assert isinstance(estimator.get_params()["max_features"], float)

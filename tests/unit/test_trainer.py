@@ -107,3 +107,23 @@ def test_trusted_types_refuse_foreign_types() -> None:
     data = sio.dumps({"f": np.float64(1.0), "call": len})
     with pytest.raises(EstimatorError, match="untrusted"):
         trusted_types(data)
+
+
+@pytest.mark.parametrize(
+    ("written", "expected"),
+    [
+        ("1.0", 1.0),
+        ("3", 3),
+        ("1e-3", 0.001),
+        ("-.5", -0.5),
+        ("sqrt", "sqrt"),
+        (1, 1),
+        (None, None),
+    ],
+)
+def test_a_number_written_as_a_string_reaches_the_estimator_as_that_number(
+    written: object, expected: object
+) -> None:
+    estimator = build("RandomForestClassifier", {"max_features": written}, seed=0)
+    value = estimator.get_params()["max_features"]
+    assert value == expected and type(value) is type(expected)

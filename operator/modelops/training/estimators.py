@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from sklearn.base import BaseEstimator
@@ -44,6 +45,25 @@ class EstimatorError(ValueError):
     pass
 
 
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
+def typed_param(value: Any) -> Any:
+    """A constructor parameter as scikit-learn must see it.
+
+    A number written as a string is that number: ``"1.0"`` -> ``1.0`` (float), ``"3"`` -> ``3``
+    (int), ``"1e-3"`` -> ``0.001``; every other value is returned as is (``"sqrt"`` stays a
+    string). Why: kubectl, Argo CD and the API server decode JSON numbers into Go's float64
+    and encode one with no fraction as an integer, so ``max_features: 1.0`` (all features)
+    arrives as ``1`` (one feature). Only a quoted ``"1.0"`` survives as a float.
+    """
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        text = value.strip()
+        return int(text) if _INTEGER.fullmatch(text) else float(text)
+    return value
+
+
 def build(name: str, params: dict[str, Any], seed: int) -> BaseEstimator:
     """An unfitted estimator; only names on the allow-list, only parameters it declares."""
     cls = ALLOWED.get(name)
@@ -55,6 +75,7 @@ def build(name: str, params: dict[str, Any], seed: int) -> BaseEstimator:
     unknown = sorted(set(params) - set(known))
     if unknown:
         raise EstimatorError(f"{name} has no parameter(s) {', '.join(unknown)}")
+    params = {key: typed_param(value) for key, value in params.items()}
     if "random_state" in known and "random_state" not in params:
         params = {**params, "random_state": seed}
     return cls(**params)
