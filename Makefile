@@ -51,12 +51,15 @@ run: $(STAMP) ## Run the operator against the current kubeconfig
 demo: $(STAMP) controlplane ## The whole loop on a local Kubernetes control plane
 	$(PY) -m modelops local demo
 
-bench: bench-drift bench-serve ## Print every benchmark (numbers, not pass/fail)
+bench: bench-drift bench-serve bench-controlplane ## Print every benchmark (numbers, not pass/fail)
 
 bench-drift: $(STAMP) ## Drift statistics: profile build, sketch fill, one check, vs exact KS
 	$(PY) tests/bench/bench_drift.py
 
-bench-serve: $(STAMP) ## Model server under wrk vs the in-process predict floor
+bench-controlplane: $(STAMP) controlplane ## Control plane and local cluster: start time, memory, stop time
+	$(PY) tests/bench/bench_controlplane.py
+
+bench-serve: $(STAMP) controlplane ## Model server under wrk vs the in-process predict floor
 	@command -v wrk >/dev/null || (apt-get install -y wrk >/dev/null 2>&1 || (apt-get update >/dev/null && apt-get install -y wrk >/dev/null))
 	$(PY) tests/bench/bench_serve.py
 
@@ -77,4 +80,4 @@ e2e-kind: $(STAMP) ## Run the real-cluster tests (needs Docker and kind)
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .venv-checkov .pytest_cache .mypy_cache .ruff_cache .modelops bin
 
-.PHONY: help install controlplane test unit lint format typecheck crds verify-crds run demo bench bench-drift bench-serve deploy undeploy images e2e-kind clean
+.PHONY: help install controlplane test unit lint format typecheck crds verify-crds run demo bench bench-drift bench-serve bench-controlplane deploy undeploy images e2e-kind clean
