@@ -1,14 +1,27 @@
 """The one module that talks to the Kubernetes API (besides Kopf itself).
 
 It logs in the way Kopf does (service account, else kubeconfig) and speaks plain REST with
-aiohttp: get, list by labels, idempotent create, merge-patch of objects and of their status.
+aiohttp: get, list by labels, create-if-absent, server-side apply of children (field manager
+``modelops``), merge-patch of objects and of their status.
+
+Every call survives what a busy or restarting API server does: 429 and 5xx answers and
+dropped connections are retried with jittered exponential back-off, honouring
+``Retry-After`` (API conventions, "Retry-After" on 429/503); a POST is retried only on 429 and
+503, which the server sends before acting, so a create is never sent twice after it may have
+happened. A 401 logs in again once (a rotated service-account token is re-read) and repeats
+the call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json as jsonlib  # `json` is the request-body parameter below
+import random
 import ssl
 import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -29,6 +42,7 @@ _PLURALS = {
     "HTTPRoute": "httproutes",
     "Pod": "pods",
     "Namespace": "namespaces",
+    "ResourceQuota": "resourcequotas",
     "Event": "events",
     "TrainingRun": "trainingruns",
     "ModelVersion": "modelversions",
@@ -36,10 +50,21 @@ _PLURALS = {
 }
 
 
+FIELD_MANAGER = "modelops"
+RETRIED = frozenset({429, 500, 502, 503, 504})
+RETRIED_POST = frozenset({429, 503})  # refused before the server acted: safe to send again
+BACKOFFS = (0.2, 0.5, 1.0, 2.0, 4.0)  # seconds before each retry, jittered by +-50 %
+RETRY_AFTER_MAX = 30.0
+
+
 class ApiError(Exception):
+    """The API server answered 4xx/5xx (``status``), or gave no answer (``status`` 0)."""
+
     def __init__(self, status: int, body: str) -> None:
-        super().__init__(f"Kubernetes API answered {status}: {body[:300]}")
+        what = f"answered {status}" if status else "gave no answer"
+        super().__init__(f"Kubernetes API {what}: {body[:300]}")
         self.status = status
+        self.body = body
 
 
 def path(api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
@@ -50,33 +75,60 @@ def path(api_version: str, kind: str, namespace: str | None, name: str | None = 
 
 
 def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
+    """TLS for the API server: its CA, and our client certificate when we log in with one.
+
+    Kubeconfig ``*-data`` fields are base64 of PEM; the key is written only to a private
+    directory that is removed once loaded (``ssl`` loads a chain only from files).
+    """
     if info.insecure:
         return False
     context = ssl.create_default_context(
         cafile=str(info.ca_path) if info.ca_path else None,
-        cadata=info.ca_data.decode() if isinstance(info.ca_data, bytes) else info.ca_data,
+        cadata=_pem(info.ca_data).decode() if info.ca_data else None,
     )
-    cert, key = info.certificate_path, info.private_key_path
     if info.certificate_data and info.private_key_data:
-        cert, key = _tempfile(info.certificate_data), _tempfile(info.private_key_data)
-    if cert:
-        context.load_cert_chain(str(cert), str(key) if key else None)
+        with tempfile.TemporaryDirectory() as private:
+            cert, key = Path(private) / "tls.crt", Path(private) / "tls.key"
+            cert.write_bytes(_pem(info.certificate_data))
+            key.touch(mode=0o600)
+            key.write_bytes(_pem(info.private_key_data))
+            context.load_cert_chain(str(cert), str(key))
+    elif info.certificate_path:
+        key_path = str(info.private_key_path) if info.private_key_path else None
+        context.load_cert_chain(str(info.certificate_path), key_path)
     return context
 
 
-def _tempfile(data: str | bytes) -> str:
+def _pem(data: str | bytes) -> bytes:
     raw = data if isinstance(data, bytes) else data.encode()
-    if not raw.startswith(b"-----"):
-        raw = base64.b64decode(raw)
-    with tempfile.NamedTemporaryFile(delete=False, suffix=".pem") as handle:
-        handle.write(raw)
-        return handle.name
+    return raw if raw.lstrip().startswith(b"-----") else base64.b64decode(raw)
+
+
+def _json(text: str) -> JsonDict:
+    result: JsonDict = jsonlib.loads(text) if text else {}
+    return result
 
 
 class Cluster:
-    """A small async REST client; one per operator process."""
+    """A small async REST client; one per operator process.
 
-    def __init__(self, info: kopf.ConnectionInfo) -> None:
+    ``relogin`` returns fresh credentials (called after a 401); ``backoffs`` are the delays in
+    seconds before each retry of a retried answer.
+    """
+
+    def __init__(
+        self,
+        info: kopf.ConnectionInfo,
+        *,
+        relogin: Callable[[], kopf.ConnectionInfo | None] | None = None,
+        backoffs: Sequence[float] = BACKOFFS,
+    ) -> None:
+        self._relogin = relogin
+        self.backoffs = tuple(backoffs)
+        self.retries = 0  # calls repeated after a retried answer or a dropped connection
+        self._connect(info)
+
+    def _connect(self, info: kopf.ConnectionInfo) -> None:
         self.server = info.server.rstrip("/")
         headers = {"Accept": "application/json", **info.as_http_headers()}
         connector = aiohttp.TCPConnector(ssl=_ssl_context(info))
@@ -86,12 +138,15 @@ class Cluster:
 
     @classmethod
     def login(cls, settings: kopf.OperatorSettings) -> Cluster:
-        info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
-            settings=settings
-        )
+        def fresh() -> kopf.ConnectionInfo | None:
+            return kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
+                settings=settings
+            )
+
+        info = fresh()
         if info is None:
             raise kopf.LoginError("no service account and no kubeconfig to log in with")
-        return cls(info)
+        return cls(info, relogin=fresh)
 
     async def close(self) -> None:
         await self.session.close()
@@ -100,14 +155,45 @@ class Cluster:
         self, method: str, url: str, *, json: Any = None, content_type: str | None = None
     ) -> JsonDict:
         headers = {"Content-Type": content_type} if content_type else {}
-        async with self.session.request(
-            method, self.server + url, json=json, headers=headers
-        ) as response:
-            text = await response.text()
-            if response.status >= 400:
-                raise ApiError(response.status, text)
-            result: JsonDict = await response.json(content_type=None) if text else {}
-            return result
+        attempt, relogged = 0, False
+        while True:
+            try:
+                async with self.session.request(
+                    method, self.server + url, json=json, headers=headers
+                ) as response:
+                    status, text = response.status, await response.text()
+                    retry_after = response.headers.get("Retry-After")
+            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                # A POST that may have reached the server is not sent twice.
+                if method == "POST" or attempt >= len(self.backoffs):
+                    raise ApiError(0, f"{method} {url}: {exc!r}") from exc
+                await self._pause(attempt, None)
+                attempt += 1
+                continue
+            if status == 401 and self._relogin is not None and not relogged:
+                relogged = True
+                if (info := self._relogin()) is not None:
+                    await self.session.close()
+                    self._connect(info)
+                    continue
+            retried = RETRIED_POST if method == "POST" else RETRIED
+            if status in retried and attempt < len(self.backoffs):
+                await self._pause(attempt, retry_after)
+                attempt += 1
+                continue
+            if status >= 400:
+                raise ApiError(status, text)
+            return _json(text)
+
+    async def _pause(self, attempt: int, retry_after: str | None) -> None:
+        self.retries += 1
+        try:
+            delay = min(float(retry_after), RETRY_AFTER_MAX) if retry_after else None
+        except ValueError:
+            delay = None  # an HTTP-date: fall back to our own back-off
+        if delay is None:
+            delay = self.backoffs[attempt] * random.uniform(0.5, 1.5)
+        await asyncio.sleep(delay)
 
     async def get(
         self, api_version: str, kind: str, namespace: str | None, name: str
@@ -137,30 +223,41 @@ class Cluster:
         ]
 
     async def create(self, obj: JsonDict) -> tuple[JsonDict, bool]:
-        """Create the object, or return the existing one; the flag says whether it was created."""
+        """Return the existing object, or create it; the flag says whether it was created.
+
+        It reads first: a POST for an object that exists would still be charged to a
+        ResourceQuota by admission (403 on every pass once the quota is full).
+        """
         meta = obj["metadata"]
-        url = path(obj["apiVersion"], obj["kind"], meta.get("namespace"))
+        api_version, kind, namespace = obj["apiVersion"], obj["kind"], meta.get("namespace")
+        existing = await self.get(api_version, kind, namespace, meta["name"])
+        if existing is not None:
+            return existing, False
         try:
-            return await self._call("POST", url, json=obj), True
+            return await self._call("POST", path(api_version, kind, namespace), json=obj), True
         except ApiError as exc:
             if exc.status != 409:
                 raise
-        existing = await self.get(
-            obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"]
-        )
+        existing = await self.get(api_version, kind, namespace, meta["name"])
         if existing is None:
-            raise ApiError(409, f"{obj['kind']} {meta['name']} conflicts but cannot be read")
+            raise ApiError(409, f"{kind} {meta['name']} conflicts but cannot be read")
         return existing, False
 
     async def apply(self, obj: JsonDict) -> JsonDict:
-        """Create the object, or merge its desired fields into the existing one."""
-        current, created = await self.create(obj)
-        if created:
-            return current
-        desired = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "status")}
+        """Server-side apply: create the object or make our fields of it what ``obj`` says.
+
+        One PATCH (``application/apply-patch+yaml``, field manager ``modelops``, forced: the
+        operator owns its children's fields); fields set by others are left alone. See
+        https://kubernetes.io/docs/reference/using-api/server-side-apply/.
+        """
         meta = obj["metadata"]
-        return await self.patch(
-            obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"], desired
+        url = path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
+        desired = {k: v for k, v in obj.items() if k != "status"}
+        return await self._call(
+            "PATCH",
+            f"{url}?fieldManager={FIELD_MANAGER}&force=true",
+            json=desired,
+            content_type="application/apply-patch+yaml",
         )
 
     async def create_new(self, obj: JsonDict) -> JsonDict | None:

@@ -22,6 +22,16 @@ JOBS_CREATED = Counter("modelops_jobs_created_total", "Training Jobs created")
 RUNS_FINISHED = Counter(
     "modelops_training_runs_finished_total", "TrainingRuns finished", ["outcome"]
 )
+STATUS_WRITE_ERRORS = Counter(
+    "modelops_status_write_errors_total",
+    "Status writes the API server refused or did not answer (code 0: no answer)",
+    ["kind", "code"],
+)
+STATUS_VALUES_DROPPED = Counter(
+    "modelops_status_values_dropped_total",
+    "Non-finite numbers (NaN, Inf) replaced by null before a status write: JSON has none",
+    ["kind"],
+)
 VERSIONS_REGISTERED = Counter(
     "modelops_model_versions_registered_total", "ModelVersions created", ["model"]
 )

@@ -1,13 +1,19 @@
-"""Writing conditions into ``patch.status`` and posting Events only on transitions."""
+"""Status: conditions into ``patch.status``, Events only on transitions, and the write itself."""
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import kopf
 from pydantic import ValidationError
 
 from modelops.api.common import ConditionStatus, get_condition, set_condition
+from modelops.controllers.cluster import ApiError
+from modelops.controllers.metrics import STATUS_VALUES_DROPPED, STATUS_WRITE_ERRORS, observed
 
 WARNING_REASONS = frozenset(
     {
@@ -26,6 +32,10 @@ WARNING_REASONS = frozenset(
         "GatesNotMet",
         "RolledBack",
         "Drifted",
+        "Forbidden",
+        "QuotaExceeded",
+        "Invalid",
+        "StatusRejected",
     }
 )
 """Reasons posted as Warning events; every other transition is Normal."""
@@ -43,7 +53,10 @@ class StatusWriter:
         self.body = body
         self.patch = patch
         self.generation: int | None = body.get("metadata", {}).get("generation")
-        self.conditions: list[dict[str, Any]] = list(body.get("status", {}).get("conditions", []))
+        # A second writer of the same pass starts from what the first one set.
+        self.conditions: list[dict[str, Any]] = list(
+            patch.status.get("conditions") or body.get("status", {}).get("conditions", [])
+        )
 
     def condition(
         self,
@@ -72,3 +85,107 @@ class StatusWriter:
     def set(self, **fields: Any) -> None:
         for key, value in fields.items():
             self.patch.status[key] = value
+
+
+def finite(value: Any) -> tuple[Any, int]:
+    """``value`` with every non-finite float (NaN, +-Inf) replaced by None, and how many.
+
+    JSON (RFC 8259, section 6) has no NaN or Infinity: the API server answers 400 to a body
+    holding one, so such a number must never reach a write.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None, 1
+    if isinstance(value, dict):
+        pairs = [(k, finite(v)) for k, v in value.items()]
+        return {k: v for k, (v, _) in pairs}, sum(n for _, (_, n) in pairs)
+    if isinstance(value, list):
+        items = [finite(v) for v in value]
+        return [v for v, _ in items], sum(n for _, n in items)
+    return value, 0
+
+
+@asynccontextmanager
+async def reconciling(kind: str, body: kopf.Body, patch: kopf.Patch) -> AsyncIterator[None]:
+    """One reconciliation of ``body``: counted, timed, and its status written by us.
+
+    The handler fills ``patch.status`` (through :class:`StatusWriter`); at the end, even when it
+    raised, that status is taken out of Kopf's patch and written here. Why: Kopf applies its
+    patch outside the handler, and a refused status PATCH there ends the object's timer for
+    good. Here a refusal is survived and shown:
+
+    - non-finite numbers become null first (counted in ``modelops_status_values_dropped_total``);
+    - 400/422 (the server refused the content): ``Ready=Unknown, reason=StatusRejected`` with the
+      server's message is written instead;
+    - no answer, 429 or 5xx after the client's retries: :class:`kopf.TemporaryError`, so the
+      handler is retried on its next tick;
+    - every refusal is counted in ``modelops_status_write_errors_total{kind,code}``.
+
+    An API error of the handler itself that will not pass by waiting (403 Forbidden, e.g. a
+    ResourceQuota; 422 Invalid) sets ``Stalled=True`` with the server's message, and a pass
+    that completes sets ``Stalled=False``: kstatus and Argo CD read that condition.
+    """
+    with observed(kind):
+        try:
+            yield
+        except ApiError as exc:
+            if exc.status not in STALLING:
+                raise
+            message = _server_message(exc)
+            reason = "QuotaExceeded" if "exceeded quota" in message else STALLING[exc.status]
+            StatusWriter(body, patch).condition("Stalled", "True", reason, message)
+            raise kopf.TemporaryError(f"{reason}: {message}", delay=10) from exc
+        else:
+            status = StatusWriter(body, patch)
+            if (get_condition(status.conditions, "Stalled") or {}).get("status") == "True":
+                status.condition("Stalled", "False", "Reconciled", "the last pass completed")
+        finally:
+            await _write_status(kind, body, patch)
+
+
+STALLING = {403: "Forbidden", 422: "Invalid"}
+
+
+def _server_message(exc: ApiError) -> str:
+    try:
+        message = str(json.loads(exc.body).get("message", ""))
+    except (ValueError, AttributeError):
+        message = ""
+    return message or str(exc)
+
+
+async def _write_status(kind: str, body: kopf.Body, patch: kopf.Patch) -> None:
+    pending = patch.pop("status", None)
+    if not pending:
+        return
+    clean, dropped = finite(dict(pending))
+    if dropped:
+        STATUS_VALUES_DROPPED.labels(kind).inc(dropped)
+    meta = body.get("metadata", {})
+    where = (body["apiVersion"], kind, meta.get("namespace"), meta["name"])
+    from modelops.controllers.main import runtime  # main imports the controllers
+
+    try:
+        await runtime.cluster.patch(*where, {"status": clean}, subresource="status")
+        return
+    except ApiError as exc:
+        STATUS_WRITE_ERRORS.labels(kind, str(exc.status)).inc()
+        if exc.status == 404:
+            return  # deleted meanwhile
+        if exc.status not in (400, 422):
+            raise kopf.TemporaryError(f"status not written: {exc}", delay=2) from exc
+        refused = _server_message(exc)
+    conditions, _ = set_condition(
+        list(body.get("status", {}).get("conditions", [])),
+        "Ready",
+        "Unknown",
+        "StatusRejected",
+        f"the API server refused this status: {refused}"[:1000],
+        meta.get("generation"),
+    )
+    try:
+        await runtime.cluster.patch(
+            *where, {"status": {"conditions": conditions}}, subresource="status"
+        )
+    except ApiError as exc:
+        STATUS_WRITE_ERRORS.labels(kind, str(exc.status)).inc()
+        raise kopf.TemporaryError(f"status not written: {exc}", delay=5) from exc
