@@ -34,9 +34,9 @@ SERVICE_ACCOUNT = ("modelops-system", "modelops-operator")
 METHOD_VERBS = {
     "get": ("get",),
     "list": ("list",),
-    "create": ("create", "get"),  # POST; GET of the existing object on 409
+    "create": ("create", "get"),  # GET first; POST only when absent
     "create_new": ("create",),
-    "apply": ("create", "get", "patch"),  # create, then merge-patch when it exists
+    "apply": ("create", "patch"),  # server-side apply: a PATCH that creates what is absent
     "patch": ("patch",),
     "delete": ("delete",),
 }
@@ -102,7 +102,7 @@ NEEDS: tuple[Need, ...] = (
         tuple(f"{plural}/status" for plural in KINDS),
         ("patch",),
         (
-            Code("controllers/status.py", 'self.patch.status["conditions"] = self.conditions'),
+            Call("controllers/status.py", "_write_status", "patch"),
             Code("kopf/_cogs/clients/patching.py", "subresource='status'"),
         ),
     ),
@@ -172,12 +172,12 @@ NEEDS: tuple[Need, ...] = (
         ("list",),
         (Call("controllers/deployment.py", "_firing_monitors", "list"),),
     ),
-    # The children of resources/serving.py children(): applied every reconciliation.
+    # The children of resources/serving.py children(): server-side applied every reconciliation.
     *(
         Need(
             group,
             (resource,),
-            ("create", "get", "patch"),
+            ("create", "patch"),
             (Call("controllers/deployment.py", "_reconcile", "apply"),),
         )
         for group, resource in (
