@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+from typing import Any
+
 import pytest
 from pydantic import ValidationError
 
-from modelops.api import DeploymentSpec, DriftMonitorSpec, parse_duration
+from modelops.api import Deployment, DeploymentSpec, DriftMonitorSpec, TrainingRun, parse_duration
+from modelops.api.common import ResourceRequirements, parse_quantity
 
 
 def test_gateway_routing_without_parent_refs_is_invalid() -> None:
@@ -26,3 +30,55 @@ def test_durations_parse_to_seconds(text: str, seconds: float) -> None:
 def test_malformed_duration_is_refused_with_an_example() -> None:
     with pytest.raises(ValueError, match=r"use e\.g\. 30s"):
         parse_duration("5 minutes")
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("512Mi", 512 * 2**20), ("1Gi", 2**30), ("500m", Decimal("0.5")), ("2", 2), ("1e3", 1000)],
+)
+def test_quantities_parse_as_kubernetes_reads_them(text: str, value: Decimal) -> None:
+    assert parse_quantity(text) == value
+
+
+def test_a_whole_number_quantity_is_kept_as_text() -> None:
+    resources = ResourceRequirements.model_validate({"requests": {"cpu": 2}})
+    assert resources.requests == {"cpu": "2"}
+
+
+@pytest.mark.parametrize("value", ["lots", "-1Gi", "1.5 Gi", -1, True])
+def test_a_malformed_quantity_is_invalid(value: object) -> None:
+    with pytest.raises(ValidationError):
+        ResourceRequirements.model_validate({"limits": {"memory": value}})
+
+
+def test_a_request_above_its_limit_is_invalid() -> None:
+    with pytest.raises(ValidationError, match=r"requests must not exceed limits: memory 2Gi > 1Gi"):
+        ResourceRequirements.model_validate(
+            {"requests": {"memory": "2Gi", "cpu": "1"}, "limits": {"memory": "1Gi", "cpu": "2"}}
+        )
+    equal = {"requests": {"memory": "1Gi"}, "limits": {"memory": "1024Mi"}}
+    assert ResourceRequirements.model_validate(equal).limits == {"memory": "1024Mi"}
+
+
+def _deployment(name: str) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "spec": {"model": "iris"}}
+
+
+def test_a_deployment_name_must_start_with_a_letter_and_fit_63_characters() -> None:
+    with pytest.raises(ValidationError, match=r"'2024-iris'.*DNS-1035 label"):
+        Deployment.model_validate(_deployment("2024-iris"))
+    with pytest.raises(ValidationError, match=r"at most 63 characters"):
+        Deployment.model_validate(_deployment("a" * 64))
+    assert Deployment.model_validate(_deployment("a" * 63)).metadata["name"] == "a" * 63
+
+
+def test_a_training_run_name_may_start_with_a_digit_but_not_exceed_63_characters() -> None:
+    spec = {
+        "model": "iris",
+        "dataset": {"uri": "s3://b/iris.csv", "target": "species"},
+        "estimator": {"name": "Ridge"},
+    }
+    assert TrainingRun.model_validate({"metadata": {"name": "2024-iris"}, "spec": spec})
+    for bad in ("i" * 64, "iris.logreg"):
+        with pytest.raises(ValidationError, match=r"DNS label of at most 63"):
+            TrainingRun.model_validate({"metadata": {"name": bad}, "spec": spec})

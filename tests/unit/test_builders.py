@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -9,11 +10,21 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from modelops.api.common import get_condition, set_condition
+from modelops.api.common import (
+    DNS_1035_PATTERN,
+    NAME_PATTERN,
+    ResourceRequirements,
+    get_condition,
+    parse_quantity,
+    set_condition,
+)
+from modelops.api.deployment import Deployment
 from modelops.api.trainingrun import TrainingRun
-from modelops.resources.common import child_name
+from modelops.resources import serving
+from modelops.resources.common import child_name, with_defaults
 from modelops.resources.modelversion import model_version, next_number
-from modelops.resources.training import gate_failures, job_outcome, training_job
+from modelops.resources.serving import Route
+from modelops.resources.training import gate_failures, job_outcome, retrain_run, training_job
 from modelops.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,3 +136,128 @@ def test_condition_transition_time_moves_only_when_status_changes() -> None:
     done = get_condition(conds, "Ready")
     assert changed and done is not None and done["lastTransitionTime"] != "2020-01-01T00:00:00Z"
     assert done["observedGeneration"] == 2
+
+
+def test_a_limit_alone_is_also_the_request_as_kubernetes_makes_it() -> None:
+    resources = with_defaults({"limits": {"memory": "512Mi"}}, cpu="500m", memory="1Gi")
+    assert resources == {
+        "requests": {"cpu": "500m", "memory": "512Mi"},
+        "limits": {"memory": "512Mi"},
+    }
+
+
+def test_defaults_fill_requests_and_limit_memory_at_its_request() -> None:
+    assert with_defaults({}, cpu="500m", memory="1Gi") == {
+        "requests": {"cpu": "500m", "memory": "1Gi"},
+        "limits": {"memory": "1Gi"},
+    }
+    given = {"requests": {"memory": "2Gi"}, "limits": {"cpu": "2"}}
+    assert with_defaults(given, cpu="500m", memory="1Gi") == {
+        "requests": {"cpu": "2", "memory": "2Gi"},
+        "limits": {"memory": "2Gi", "cpu": "2"},
+    }
+
+
+def _requests_within_limits(container: dict[str, Any]) -> None:
+    resources = container["resources"]
+    for name, limit in resources["limits"].items():
+        assert parse_quantity(resources["requests"][name]) <= parse_quantity(limit), name
+
+
+def test_training_job_with_only_a_memory_limit_requests_no_more() -> None:
+    run = iris_run()
+    run.spec.resources = ResourceRequirements.model_validate({"limits": {"memory": "512Mi"}})
+    job = training_job(run, SETTINGS)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["requests"]["memory"] == "512Mi"
+    _requests_within_limits(container)
+    kubernetes_validate.validate(job, "1.35", strict=True)
+
+
+def iris_deployment(name: str = "iris", **spec: Any) -> Deployment:
+    doc = yaml.safe_load((ROOT / "manifests/samples/deployment-iris.yaml").read_text())
+    doc["metadata"] |= {"name": name, "namespace": "ml", "uid": "4c1e"}
+    doc["spec"] |= spec
+    return Deployment.model_validate(doc)
+
+
+def iris_routes(*names: str) -> list[Route]:
+    mv = yaml.safe_load((ROOT / "manifests/samples/modelversion-iris-v1.yaml").read_text())
+    return [Route(n, "stable" if i == 0 else "canary", 50, mv["spec"]) for i, n in enumerate(names)]
+
+
+def test_server_deployment_with_only_a_memory_limit_requests_no_more() -> None:
+    dep = iris_deployment(resources={"limits": {"memory": "512Mi", "cpu": "1"}})
+    server = serving.server_deployment(dep, SETTINGS, "iris-server", "iris-routing")
+    container = server["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"] == {
+        "requests": {"cpu": "1", "memory": "512Mi"},
+        "limits": {"memory": "512Mi", "cpu": "1"},
+    }
+    kubernetes_validate.validate(server, "1.35", strict=True)
+
+
+DNS_LABEL = re.compile(NAME_PATTERN)
+DNS_1035 = re.compile(DNS_1035_PATTERN)
+
+
+def _label_values(obj: dict[str, Any]) -> list[str]:
+    meta = obj["metadata"]
+    template = obj.get("spec", {}).get("template", {}).get("metadata", {})
+    selector = obj.get("spec", {}).get("selector", {})
+    return [
+        *meta.get("labels", {}).values(),
+        *template.get("labels", {}).values(),
+        *selector.get("matchLabels", selector).values(),
+    ]
+
+
+def _assert_names_fit(objects: list[dict[str, Any]]) -> None:
+    for obj in objects:
+        name = obj["metadata"]["name"]
+        assert len(name) <= 63 and DNS_LABEL.fullmatch(name), (obj["kind"], name)
+        if obj["kind"] == "Service":
+            assert DNS_1035.fullmatch(name), name
+        for value in _label_values(obj):
+            assert len(value) <= 63, (obj["kind"], name, value)
+
+
+@pytest.mark.parametrize("routing", ["model", "gateway"])
+def test_every_child_of_the_longest_deployment_name_is_a_valid_name(routing: str) -> None:
+    longest = "d" + "9" * 62
+    version = "v" * 63  # the longest ModelVersion name
+    dep = iris_deployment(longest, routing=routing, gateway={"parentRefs": [{"name": "public"}]})
+    objects = serving.children(dep, iris_routes(version, "iris-v2"), SETTINGS)
+    _assert_names_fit(objects)
+    names = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    assert len(names) == len(objects), "two children share a name"
+    if routing == "model":
+        assert ("Service", longest) in names
+
+
+def test_every_child_of_the_longest_training_run_name_is_a_valid_name() -> None:
+    run = iris_run()
+    run.metadata["name"] = "2" + "t" * 62
+    job = training_job(run, SETTINGS)
+    _assert_names_fit([job])
+    assert job["metadata"]["name"].endswith("-train")
+
+
+@pytest.mark.parametrize("owner", [1, 20, 55, 56, 63])
+@pytest.mark.parametrize("suffix", [1, 8, 52, 53, 63, 70])
+def test_child_names_always_fit_start_as_their_owner_and_end_as_their_suffix(
+    owner: int, suffix: int
+) -> None:
+    name = child_name("o" * (owner - 1) + "x", "y" + "s" * (suffix - 1))
+    assert len(name) <= 63 and DNS_LABEL.fullmatch(name)
+    assert name.startswith("o" if owner > 1 else "x") and name.endswith("s" if suffix > 1 else "y")
+    other = child_name("o" * (owner - 1) + "z", "y" + "s" * (suffix - 1))
+    assert other != name
+
+
+def test_the_retrain_run_of_the_longest_monitor_name_is_a_valid_training_run_name() -> None:
+    monitor = "2" + "m" * 62
+    run = retrain_run(monitor, "ml", 12, {"model": "iris"})
+    name = run["metadata"]["name"]
+    assert len(name) <= 63 and DNS_LABEL.fullmatch(name) and name.endswith("-retrain-12")
+    assert run["metadata"]["labels"]["modelops.dev/drift-monitor"] == monitor

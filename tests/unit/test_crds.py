@@ -139,3 +139,60 @@ def test_unknown_field_is_refused(validator: CrdValidator) -> None:
     errors = validator.errors(run)
     assert any("'datset' was unexpected" in e for e in errors)
     assert any("'dataset' is a required property" in e for e in errors)
+
+
+DEPLOYMENT_NAME = (
+    "metadata: a Deployment's name must be a DNS-1035 label of at most 63 characters"
+    " (lowercase letters, digits and '-', starting with a letter): its Service is named after it"
+)
+
+
+@pytest.mark.parametrize("name", ["2024-iris", "a" * 64, "iris.prod", "Iris"])
+def test_deployment_name_that_cannot_name_its_service_is_refused(
+    validator: CrdValidator, name: str
+) -> None:
+    dep = _sample("deployment-iris.yaml")
+    dep["metadata"]["name"] = name
+    assert validator.errors(dep) == [f"<root>: {DEPLOYMENT_NAME.removeprefix('metadata: ')}"]
+
+
+@pytest.mark.parametrize(
+    ("sample", "kind"),
+    [
+        ("trainingrun-iris.yaml", "TrainingRun"),
+        ("modelversion-iris-v1.yaml", "ModelVersion"),
+        ("driftmonitor-iris.yaml", "DriftMonitor"),
+    ],
+)
+def test_names_past_63_characters_are_refused_and_63_are_not(
+    validator: CrdValidator, sample: str, kind: str
+) -> None:
+    doc = _sample(sample)
+    doc["metadata"]["name"] = "2" + "a" * 62  # a DNS label may start with a digit
+    assert validator.errors(doc) == []
+    doc["metadata"]["name"] += "a"
+    [error] = validator.errors(doc)
+    assert f"a {kind}'s name must be a DNS label of at most 63 characters" in error
+
+
+def test_longest_deployment_name_is_accepted(validator: CrdValidator) -> None:
+    dep = _sample("deployment-iris.yaml")
+    dep["metadata"]["name"] = "a" * 63
+    assert validator.errors(dep) == []
+
+
+def test_malformed_quantity_is_refused(validator: CrdValidator) -> None:
+    run = _sample("trainingrun-iris.yaml")
+    run["spec"]["resources"] = {"limits": {"memory": "lots"}}
+    [error] = validator.errors(run)
+    assert error.startswith("spec.resources.limits.memory: 'lots' does not match")
+
+
+def test_quantities_may_be_whole_numbers_or_strings(validator: CrdValidator) -> None:
+    dep = _sample("deployment-iris.yaml")
+    # No resource both requested and limited: cel-python has no Kubernetes quantity library to
+    # run the requests-within-limits rule (the real server runs it: tests/integration).
+    dep["spec"]["resources"] = {"requests": {"cpu": 1}, "limits": {"memory": "512Mi", "gpu": 2}}
+    assert validator.errors(dep) == []
+    dep["spec"]["resources"]["requests"]["cpu"] = 0.5  # as the server: write "0.5" or 500m
+    assert validator.errors(dep) != []

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Any, Literal
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic.alias_generators import to_camel
 
 DURATION_PATTERN = r"^([0-9]+(ms|s|m|h))+$"
 _DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+"""A DNS-1123 label (RFC 1123): what most object names and every label value may be."""
+DNS_1035_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+"""A DNS-1035 label (RFC 1035): a Service's name, which must start with a letter."""
+MAX_NAME_LENGTH = 63
+"""The limit of a DNS label, and of a label value."""
 
 
 def parse_duration(text: str) -> float:
@@ -90,11 +97,135 @@ def get_condition(conditions: list[dict[str, Any]], type_: str) -> dict[str, Any
     return next((c for c in conditions if c.get("type") == type_), None)
 
 
-class ResourceRequirements(Model):
-    """Compute resources of a container, as in core/v1 (quantities as strings)."""
+QUANTITY_PATTERN = (
+    r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+"""A non-negative Kubernetes quantity: ``500m``, ``1.5``, ``512Mi``, ``1e3``."""
+_QUANTITY_PARTS = re.compile(r"([0-9.]+)(.*)")
+_BINARY_SUFFIXES = {f"{p}i": Decimal(1024) ** (i + 1) for i, p in enumerate("KMGTPE")}
+_DECIMAL_SUFFIXES = {
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "": Decimal(1),
+    "k": Decimal("1e3"),
+    "M": Decimal("1e6"),
+    "G": Decimal("1e9"),
+    "T": Decimal("1e12"),
+    "P": Decimal("1e15"),
+    "E": Decimal("1e18"),
+}
 
-    requests: dict[str, str] = Field(default_factory=dict)
-    limits: dict[str, str] = Field(default_factory=dict)
+
+def parse_quantity(text: str) -> Decimal:
+    """The value of a Kubernetes quantity: ``parse_quantity("512Mi") == 512 * 2**20``."""
+    parts = _QUANTITY_PARTS.fullmatch(text) if re.fullmatch(QUANTITY_PATTERN, text) else None
+    if parts is None:
+        raise ValueError(f"invalid quantity {text!r}: use e.g. 500m, 2, 512Mi, 1Gi")
+    number, suffix = parts.groups()
+    if suffix in _BINARY_SUFFIXES:
+        return Decimal(number) * _BINARY_SUFFIXES[suffix]
+    if suffix in _DECIMAL_SUFFIXES:
+        return Decimal(number) * _DECIMAL_SUFFIXES[suffix]
+    return Decimal(number + suffix)  # an exponent: 1e3, 2E-3
+
+
+def _integer_as_text(value: object) -> object:
+    # YAML's `cpu: 2` arrives as an integer, which the schema allows (int-or-string).
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+Quantity = Annotated[
+    str,
+    BeforeValidator(_integer_as_text),
+    Field(pattern=QUANTITY_PATTERN, max_length=64),
+    WithJsonSchema(
+        {
+            "x-kubernetes-int-or-string": True,
+            "pattern": QUANTITY_PATTERN,
+            "maxLength": 64,
+            "minimum": 0,
+        }
+    ),
+]
+"""A quantity as written in YAML: a string (``512Mi``, ``500m``) or a whole number (``2``)."""
+
+REQUESTS_WITHIN_LIMITS = "resource requests must not exceed limits"
+_REQUESTS_WITHIN_LIMITS_RULE = (
+    "!has(self.requests) || !has(self.limits) || self.limits.all(k, !(k in self.requests)"
+    " || quantity(string(self.requests[k])).compareTo(quantity(string(self.limits[k]))) <= 0)"
+)
+
+
+class ResourceRequirements(Model):
+    """Compute resources of a container, as in core/v1; no request may exceed its limit."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": _REQUESTS_WITHIN_LIMITS_RULE, "message": REQUESTS_WITHIN_LIMITS}
+            ]
+        }
+    )
+
+    requests: dict[str, Quantity] = Field(default_factory=dict, max_length=16)
+    limits: dict[str, Quantity] = Field(default_factory=dict, max_length=16)
+
+    @model_validator(mode="after")
+    def _requests_within_limits(self) -> Self:
+        # The CRD's CEL rule says the same; this catches objects that bypassed admission.
+        over = [
+            f"{name} {self.requests[name]} > {limit}"
+            for name, limit in self.limits.items()
+            if name in self.requests and parse_quantity(self.requests[name]) > parse_quantity(limit)
+        ]
+        if over:
+            raise ValueError(f"{REQUESTS_WITHIN_LIMITS}: {', '.join(over)}")
+        return self
+
+
+@dataclass(frozen=True)
+class NameRule:
+    """What a kind's ``metadata.name`` may be, given the names and labels derived from it.
+
+    CRDs cannot constrain ``metadata.name`` in the schema without closing ``metadata``, so the
+    rule is a CEL rule at the root of the schema; the model checks the same on load.
+    """
+
+    pattern: str
+    message: str
+    max_length: int = MAX_NAME_LENGTH
+
+    def cel(self) -> dict[str, str]:
+        return {
+            "rule": (
+                f"self.metadata.name.size() <= {self.max_length}"
+                f" && self.metadata.name.matches('{self.pattern}')"
+            ),
+            "message": self.message,
+            "fieldPath": ".metadata",
+            "reason": "FieldValueInvalid",
+        }
+
+    def check(self, name: str) -> None:
+        if len(name) > self.max_length or not re.fullmatch(self.pattern, name):
+            raise ValueError(f"metadata.name {name!r}: {self.message}")
+
+
+class Resource(Model):
+    """Base of the four kinds: a spec, a status, and a name rule."""
+
+    name_rule: ClassVar[NameRule]
+    metadata: dict[str, Any] = Field(default_factory=dict, exclude=True)
+
+    @model_validator(mode="after")
+    def _name_fits(self) -> Self:
+        # The CRD's CEL rule says the same; this catches objects stored before it existed.
+        name = self.metadata.get("name")
+        if isinstance(name, str):
+            self.name_rule.check(name)
+        return self
 
 
 class ArtifactRef(Model):

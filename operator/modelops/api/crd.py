@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from modelops import GROUP, VERSION
-from modelops.api.common import Model
+from modelops.api.common import Resource
 from modelops.api.deployment import Deployment
 from modelops.api.driftmonitor import DriftMonitor
 from modelops.api.modelversion import ModelVersion
@@ -22,7 +22,7 @@ class Kind:
     kind: str
     plural: str
     short_name: str
-    model: type[Model]
+    model: type[Resource]
     columns: tuple[tuple[str, str, str], ...]
     """(name, type, jsonPath) of each printer column before Age."""
 
@@ -146,7 +146,7 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
     return {k: _structural(v, defs) for k, v in node.items()}
 
 
-def _schema(model: type[Model]) -> dict[str, Any]:
+def _schema(model: type[Resource]) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, mode="validation")
     schema = _structural(raw, raw.get("$defs", {}))
     props = schema["properties"]
@@ -157,6 +157,8 @@ def _schema(model: type[Model]) -> dict[str, Any]:
         "type": "object",
         "description": schema.get("description", ""),
         "required": ["spec"],
+        # The schema cannot constrain metadata.name without closing metadata: a CEL rule can.
+        "x-kubernetes-validations": [model.name_rule.cel()],
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},

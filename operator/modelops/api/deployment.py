@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from modelops.api.common import (
     CONDITIONS_FIELD,
+    DNS_1035_PATTERN,
     DURATION_PATTERN,
+    MAX_NAME_LENGTH,
     NAME_PATTERN,
     Condition,
     Model,
+    NameRule,
+    Resource,
     ResourceRequirements,
 )
 
@@ -26,12 +30,12 @@ class Step(Model):
 
 
 class Stable(Model):
-    version: str = Field(default="latest", pattern=VERSION_REF_PATTERN)
+    version: str = Field(default="latest", pattern=VERSION_REF_PATTERN, max_length=MAX_NAME_LENGTH)
     """A ModelVersion name, or ``latest``: the newest Ready version passing ``gates``."""
 
 
 class Canary(Model):
-    version: str = Field(pattern=VERSION_REF_PATTERN)
+    version: str = Field(pattern=VERSION_REF_PATTERN, max_length=MAX_NAME_LENGTH)
     """A ModelVersion name, or ``latest``."""
     steps: list[Step] = Field(
         default_factory=lambda: [Step(weight=10), Step(weight=50)],
@@ -121,8 +125,14 @@ class DeploymentStatus(Model):
     conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_FIELD)
 
 
-class Deployment(Model):
+class Deployment(Resource):
     """A Deployment serves a model's stable version and canaries new ones."""
+
+    name_rule = NameRule(
+        DNS_1035_PATTERN,
+        "a Deployment's name must be a DNS-1035 label of at most 63 characters (lowercase"
+        " letters, digits and '-', starting with a letter): its Service is named after it",
+    )
 
     spec: DeploymentSpec = Field(
         json_schema_extra={
@@ -135,4 +145,3 @@ class Deployment(Model):
         }
     )
     status: DeploymentStatus = Field(default_factory=DeploymentStatus)
-    metadata: dict[str, Any] = Field(default_factory=dict, exclude=True)

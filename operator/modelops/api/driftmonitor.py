@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
-from modelops.api.common import CONDITIONS_FIELD, DURATION_PATTERN, NAME_PATTERN, Condition, Model
+from modelops.api.common import (
+    CONDITIONS_FIELD,
+    DNS_1035_PATTERN,
+    DURATION_PATTERN,
+    MAX_NAME_LENGTH,
+    NAME_PATTERN,
+    Condition,
+    Model,
+    NameRule,
+    Resource,
+)
 from modelops.api.trainingrun import TrainingRunSpec
 
 DriftMethod = Literal["wasserstein", "jensenshannon", "psi", "ks", "chisquare", "ztest"]
@@ -25,7 +35,7 @@ class Retrain(Model):
 
 
 class DriftMonitorSpec(Model):
-    deployment: str = Field(pattern=NAME_PATTERN)
+    deployment: str = Field(pattern=DNS_1035_PATTERN, max_length=MAX_NAME_LENGTH)
     """The modelops Deployment whose traffic is watched."""
     traffic: Literal["auto", "canary", "stable"] = "auto"
     """``auto``: the canary while one takes traffic, else the stable version."""
@@ -84,8 +94,14 @@ class DriftMonitorStatus(Model):
     conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_FIELD)
 
 
-class DriftMonitor(Model):
+class DriftMonitor(Resource):
     """A DriftMonitor watches live data for drift and rolls back, alerts or retrains."""
+
+    name_rule = NameRule(
+        NAME_PATTERN,
+        "a DriftMonitor's name must be a DNS label of at most 63 characters (lowercase letters,"
+        " digits and '-'): the TrainingRuns it creates carry it as a label value",
+    )
 
     spec: DriftMonitorSpec = Field(
         json_schema_extra={
@@ -98,4 +114,3 @@ class DriftMonitor(Model):
         }
     )
     status: DriftMonitorStatus = Field(default_factory=DriftMonitorStatus)
-    metadata: dict[str, Any] = Field(default_factory=dict, exclude=True)

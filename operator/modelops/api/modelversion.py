@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
-from modelops.api.common import CONDITIONS_FIELD, NAME_PATTERN, ArtifactRef, Condition, Model
+from modelops.api.common import (
+    CONDITIONS_FIELD,
+    NAME_PATTERN,
+    ArtifactRef,
+    Condition,
+    Model,
+    NameRule,
+    Resource,
+)
 
 
 class Feature(Model):
@@ -62,8 +70,14 @@ class ModelVersionStatus(Model):
     conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_FIELD)
 
 
-class ModelVersion(Model):
+class ModelVersion(Resource):
     """A ModelVersion is the immutable record of a trained model and its verified artifact."""
+
+    name_rule = NameRule(
+        NAME_PATTERN,
+        "a ModelVersion's name must be a DNS label of at most 63 characters (lowercase letters,"
+        " digits and '-'): the serving objects of a Deployment carry it as a label value",
+    )
 
     spec: ModelVersionSpec = Field(
         json_schema_extra={
@@ -73,4 +87,3 @@ class ModelVersion(Model):
         }
     )
     status: ModelVersionStatus = Field(default_factory=ModelVersionStatus)
-    metadata: dict[str, Any] = Field(default_factory=dict, exclude=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 from pydantic import Field
 
@@ -12,6 +12,8 @@ from modelops.api.common import (
     ArtifactRef,
     Condition,
     Model,
+    NameRule,
+    Resource,
     ResourceRequirements,
 )
 
@@ -106,9 +108,14 @@ class TrainingRunStatus(Model):
     conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_FIELD)
 
 
-class TrainingRun(Model):
+class TrainingRun(Resource):
     """A TrainingRun trains a model in a Job and registers it as a ModelVersion."""
+
+    name_rule = NameRule(
+        NAME_PATTERN,
+        "a TrainingRun's name must be a DNS label of at most 63 characters (lowercase letters,"
+        " digits and '-'): its Job and pods carry it as a label value",
+    )
 
     spec: TrainingRunSpec
     status: TrainingRunStatus = Field(default_factory=TrainingRunStatus)
-    metadata: dict[str, Any] = Field(default_factory=dict, exclude=True)

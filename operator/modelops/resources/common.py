@@ -15,12 +15,20 @@ TMP_VOLUME = "tmp"
 
 
 def child_name(owner: str, suffix: str, limit: int = 63) -> str:
-    """``<owner>-<suffix>`` within the DNS label limit; a hash keeps long names distinct."""
+    """``<owner>-<suffix>`` within the DNS label limit; a hash keeps long names distinct.
+
+    Too long, it becomes ``<owner head>-<hash>-<suffix>``: the head is at least one character
+    (so the name starts as the owner's does: a Deployment's per-version Services stay DNS-1035
+    labels), and a suffix too long to leave room for it keeps its end.
+    """
     name = f"{owner}-{suffix}"
     if len(name) <= limit:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{owner[: limit - len(suffix) - 10]}-{digest}-{suffix}"
+    room = limit - len(digest) - 2  # for the owner's head and the suffix's tail
+    head = max(room - len(suffix), min(len(owner), room // 2))
+    tail = suffix[len(suffix) - (room - head) :]
+    return f"{owner[:head]}-{digest}-{tail}"
 
 
 def labels(component: str, instance: str, model: str) -> dict[str, str]:
@@ -76,7 +84,16 @@ def store_env(settings: Settings) -> list[dict[str, Any]]:
 
 
 def with_defaults(resources: dict[str, dict[str, str]], cpu: str, memory: str) -> dict[str, Any]:
-    """Requests and limits that are never empty: a pod without them is a bad neighbour."""
-    requests = {"cpu": cpu, "memory": memory, **resources.get("requests", {})}
-    limits = {"memory": requests["memory"], **resources.get("limits", {})}
+    """Requests and limits that are never empty (a pod without them is a bad neighbour), and
+    no request above its limit (the API server refuses the object).
+
+    As Kubernetes does, a resource given a limit and no request is requested at its limit;
+    cpu and memory are otherwise requested at the defaults; memory is always limited, at its
+    request unless a limit is given. A request given above its limit is the user's, and is
+    refused at admission (``ResourceRequirements``), not silently lowered here.
+    """
+    given_requests = resources.get("requests", {})
+    given_limits = resources.get("limits", {})
+    requests = {"cpu": cpu, "memory": memory, **given_limits, **given_requests}
+    limits = {"memory": requests["memory"], **given_limits}
     return {"requests": requests, "limits": limits}
