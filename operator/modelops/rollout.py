@@ -8,6 +8,7 @@ Everything here is deterministic, so restarts resume exactly where the status sa
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,14 @@ from modelops.api.deployment import DeploymentSpec
 from modelops.resources.training import gate_failures
 
 HISTORY_LIMIT = 20
+ACTIONS = ("promote", "abort")
+"""Values of the modelops.dev/action annotation."""
+GUARD_UNKNOWN = "GuardUnknown"
+"""Progressing=False: a guarding DriftMonitor cannot evaluate the canary, which is held."""
+PROMOTE_PENDING = "PromotePending"
+"""Progressing=True: promotion was asked for; the serving pods have not all loaded the canary."""
+EVALUATING_REASONS = frozenset({"InsufficientData"})
+"""Drifted=Unknown reasons of a monitor that works and is waiting for samples: no hold."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,10 @@ class Facts:
     (digest mismatch, missing, untrusted, not a model; not an unreachable store)."""
     firing_monitors: list[tuple[str, str]] = field(default_factory=list)
     """(monitor, message) of DriftMonitors that say the canary drifted."""
+    unknown_guards: list[tuple[str, str]] = field(default_factory=list)
+    """(monitor, why) of guarding DriftMonitors that cannot evaluate the canary: missing,
+    never checked, behind their spec, or Drifted=Unknown for a reason other than too few
+    samples. While there is one, the canary stays in its step (fail closed)."""
     canary_requests: int = 0
     canary_errors: int = 0
     action: str | None = None
@@ -85,6 +98,12 @@ class Plan:
     events: list[Event]
     waiting: str = ""
     """Why nothing moved, when something is awaited (for the Progressing condition)."""
+    reason: str = ""
+    """The Progressing reason while waiting, when not the plain CanaryProgressing:
+    ``GUARD_UNKNOWN`` (held) or ``PROMOTE_PENDING``."""
+    consume_action: bool = False
+    """Remove the modelops.dev/action annotation: the status this pass started from already
+    shows it obeyed (no canary in flight), or its value is not an action."""
 
     def routes(self) -> list[tuple[str, str, int]]:
         """(version, role, weight) to serve: the stable, and the canary while it is active."""
@@ -112,7 +131,46 @@ def _find(facts: Facts, name: str | None) -> Version | None:
     return next((v for v in facts.versions if v.name == name), None)
 
 
+def guard_verdict(monitor: Mapping[str, Any], canary: str) -> tuple[str, str] | None:
+    """What a DriftMonitor guarding the canary says: ``("firing", message)`` when it found the
+    canary drifted, ``("unknown", why)`` when it cannot evaluate it, else None (no drift, or
+    too few samples yet: a working monitor)."""
+    status = monitor.get("status") or {}
+    drifted = next((c for c in status.get("conditions") or [] if c.get("type") == "Drifted"), None)
+    if drifted is None:
+        return "unknown", "not checked yet"
+    if drifted.get("status") == "True":
+        if status.get("version") == canary:
+            return "firing", str(drifted.get("message", ""))
+        return None
+    generation = (monitor.get("metadata") or {}).get("generation")
+    if generation is not None and status.get("observedGeneration") != generation:
+        return "unknown", f"generation {generation} not checked yet"
+    reason = drifted.get("reason")
+    if drifted.get("status") == "Unknown" and reason not in EVALUATING_REASONS:
+        return "unknown", f"{reason}: {drifted.get('message', '')}"
+    return None
+
+
 def plan(spec: DeploymentSpec, state: State, facts: Facts, now: float) -> Plan:
+    """The next state from the last one written to status and this pass's facts.
+
+    An action applies to the canary in flight in ``state``, the status of the last successful
+    pass. With none in flight, an action still present was obeyed by an earlier pass (or had
+    nothing to act on): it is consumed and does nothing, so it cannot touch a canary that
+    starts later. Consumed only then, an action outlives any pass that fails before its effect
+    is in the status.
+    """
+    if facts.action is not None and (not state.canary_active or facts.action not in ACTIONS):
+        result = _plan(spec, state, dataclasses.replace(facts, action=None), now)
+        if facts.action not in ACTIONS:
+            why = f"modelops.dev/action={facts.action} ignored: not one of {', '.join(ACTIONS)}"
+            result.events.append(Event("ActionIgnored", why, state.canary))
+        return dataclasses.replace(result, consume_action=True)
+    return _plan(spec, state, facts, now)
+
+
+def _plan(spec: DeploymentSpec, state: State, facts: Facts, now: float) -> Plan:
     events: list[Event] = []
     eligible = _eligible(spec, facts, state.rejected)
 
@@ -147,10 +205,11 @@ def plan(spec: DeploymentSpec, state: State, facts: Facts, now: float) -> Plan:
     if spec.canary is None:
         return _end(state, events, "CanaryRemoved", "spec.canary was removed", reject=False)
 
-    # 3: manual actions and rollback rules win over the timer
+    # 3: manual actions and rollback rules win over the timer and the guards; a promotion
+    # still needs every serving pod that holds the canary to have loaded it
     if facts.action == "abort":
         return _end(state, events, "ManualAbort", "aborted by modelops.dev/action=abort")
-    if facts.action == "promote":
+    if facts.action == "promote" and facts.canary_loaded:
         return _promote(state, events, "promoted by modelops.dev/action=promote")
     if facts.canary_load_failures:
         return _end(state, events, "CanaryLoadFailed", "; ".join(facts.canary_load_failures))
@@ -171,8 +230,12 @@ def plan(spec: DeploymentSpec, state: State, facts: Facts, now: float) -> Plan:
             f"error rate {rate:.3f} > {rollback.max_error_rate} over "
             f"{facts.canary_requests} requests",
         )
+    if facts.action == "promote":
+        why = f"promotion requested: waiting for every serving pod to load {canary}"
+        return Plan(state, events, why, PROMOTE_PENDING)
 
-    # 4: load, then walk the steps on their timers, then promote
+    # 4: load, then walk the steps on their timers, then promote; a guard that cannot
+    # evaluate the canary keeps it in its step (its time in the step still counts)
     steps = spec.canary.steps
     if state.step is None:
         if not facts.canary_loaded:
@@ -181,6 +244,10 @@ def plan(spec: DeploymentSpec, state: State, facts: Facts, now: float) -> Plan:
         events.append(Event("CanaryStep", f"{canary} at {steps[0].weight}% (step 1)", canary))
         return Plan(state, events)
     step = min(state.step, len(steps) - 1)
+    if facts.unknown_guards:
+        detail = "; ".join(f"{m}: {why}" for m, why in facts.unknown_guards)
+        why = f"{canary} held at step {step + 1}: a guard cannot evaluate it: {detail}"
+        return Plan(state, events, why, GUARD_UNKNOWN)
     elapsed = now - (state.step_started or now)
     pause = parse_duration(steps[step].pause)
     if elapsed < pause:

@@ -170,7 +170,7 @@ NEEDS: tuple[Need, ...] = (
         "modelops.dev",
         ("driftmonitors",),
         ("list",),
-        (Call("controllers/deployment.py", "_firing_monitors", "list"),),
+        (Call("controllers/deployment.py", "_guards", "list"),),
     ),
     # The children of resources/serving.py children(): server-side applied every reconciliation.
     *(

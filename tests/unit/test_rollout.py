@@ -8,7 +8,16 @@ from typing import Any
 import pytest
 
 from modelops.api.deployment import DeploymentSpec
-from modelops.rollout import Facts, Plan, State, Version, plan
+from modelops.rollout import (
+    GUARD_UNKNOWN,
+    PROMOTE_PENDING,
+    Facts,
+    Plan,
+    State,
+    Version,
+    guard_verdict,
+    plan,
+)
 
 
 def spec(**changes: Any) -> DeploymentSpec:
@@ -156,7 +165,7 @@ def test_error_rate_with_too_few_samples_does_not_roll_back() -> None:
 
 
 def test_manual_promote_skips_remaining_steps() -> None:
-    result = run(progressing_at_step(0), facts(V1, V2, action="promote"), 101)
+    result = run(progressing_at_step(0), facts(V1, V2, canary_loaded=True, action="promote"), 101)
     assert (result.state.phase, result.state.stable) == ("Promoted", "iris-v2")
 
 
@@ -175,3 +184,142 @@ def test_named_canary_equal_to_stable_is_ignored() -> None:
     s = spec(stable={"version": "iris-v1"}, canary={"version": "iris-v1"})
     result = run(State(phase="Stable", stable="iris-v1"), facts(V1, V2), 0, s)
     assert result.state.canary is None
+
+
+# --- guards that cannot evaluate the canary hold it (issue row 5) --------------------------
+
+BROKEN = [("iris-drift", "InvalidSpec: spec.features names no_such_feature")]
+
+
+@pytest.mark.parametrize("step", [0, 1])
+def test_guard_that_cannot_evaluate_holds_the_canary_in_its_step(step: int) -> None:
+    """Past the pause of step 1 (would advance) or of the last step (would promote)."""
+    state = progressing_at_step(step)
+    result = run(state, facts(V1, V2, canary_loaded=True, unknown_guards=BROKEN), 1000)
+    assert result.state == state and result.events == []
+    assert result.reason == GUARD_UNKNOWN
+    assert "iris-drift: InvalidSpec: spec.features names no_such_feature" in result.waiting
+    weight = [10, 50][step]
+    assert result.routes() == [("iris-v1", "stable", 100 - weight), ("iris-v2", "canary", weight)]
+
+
+def test_guard_that_cannot_evaluate_does_not_keep_a_loaded_canary_from_step_one() -> None:
+    """Step 1 gives the canary the traffic a guard needs to evaluate it."""
+    loading = State(phase="Progressing", stable="iris-v1", canary="iris-v2", weight=0)
+    result = run(loading, facts(V1, V2, canary_loaded=True, unknown_guards=BROKEN), 50)
+    assert (result.state.step, result.state.weight) == (0, 10)
+
+
+def test_held_canary_advances_at_once_when_its_guard_can_evaluate_again() -> None:
+    state = progressing_at_step(0, started=100)
+    held = run(state, facts(V1, V2, canary_loaded=True, unknown_guards=BROKEN), 500)
+    result = run(held.state, facts(V1, V2, canary_loaded=True), 501)
+    assert (result.state.step, result.state.weight, result.state.step_started) == (1, 50, 501)
+
+
+def test_drifted_guard_still_rolls_back_a_held_canary() -> None:
+    f = facts(V1, V2, canary_loaded=True, unknown_guards=BROKEN,
+              firing_monitors=[("other", "share 0.75")])  # fmt: skip
+    assert run(progressing_at_step(0), f, 500).state.phase == "RolledBack"
+
+
+def monitor_obj(
+    drifted: dict[str, Any] | None, version: str = "iris-v2", generation: int = 1, seen: int = 1
+) -> dict[str, Any]:
+    conditions = [] if drifted is None else [{"type": "Drifted", **drifted}]
+    return {
+        "metadata": {"name": "iris-drift", "generation": generation},
+        "status": {"version": version, "observedGeneration": seen, "conditions": conditions},
+    }
+
+
+@pytest.mark.parametrize(
+    ("monitor", "verdict"),
+    [
+        (monitor_obj(None), ("unknown", "not checked yet")),
+        (
+            monitor_obj({"status": "Unknown", "reason": "InvalidSpec", "message": "no_such"}),
+            ("unknown", "InvalidSpec: no_such"),
+        ),
+        (
+            monitor_obj({"status": "Unknown", "reason": "CheckFailed", "message": "boom"}),
+            ("unknown", "CheckFailed: boom"),
+        ),
+        (
+            monitor_obj({"status": "False", "reason": "NoDrift"}, generation=2, seen=1),
+            ("unknown", "generation 2 not checked yet"),
+        ),
+        (monitor_obj({"status": "Unknown", "reason": "InsufficientData"}), None),
+        (monitor_obj({"status": "False", "reason": "NoDrift"}), None),
+        (monitor_obj({"status": "True", "message": "3/4 drifted"}), ("firing", "3/4 drifted")),
+        (monitor_obj({"status": "True", "message": "3/4"}, version="iris-v1"), None),
+    ],
+    ids=["never-checked", "invalid-spec", "check-failed", "behind-its-spec",
+         "too-few-samples", "no-drift", "drifted", "drifted-other-version"],
+)  # fmt: skip
+def test_guard_verdict(monitor: dict[str, Any], verdict: tuple[str, str] | None) -> None:
+    assert guard_verdict(monitor, "iris-v2") == verdict
+
+
+# --- a manual promotion waits for the pods to load the canary (issue row 10) ---------------
+
+
+@pytest.mark.parametrize("step", [None, 0])
+def test_manual_promote_waits_until_every_pod_has_loaded_the_canary(step: int | None) -> None:
+    state = (
+        State(phase="Progressing", stable="iris-v1", canary="iris-v2", weight=0, step_started=90)
+        if step is None
+        else progressing_at_step(step)
+    )
+    result = run(state, facts(V1, V2, canary_loaded=False, action="promote"), 1000)
+    assert result.state == state and result.events == []  # nor does the step timer move it
+    assert result.reason == PROMOTE_PENDING and not result.consume_action
+    assert result.waiting == "promotion requested: waiting for every serving pod to load iris-v2"
+    loaded = run(state, facts(V1, V2, canary_loaded=True, action="promote"), 1001)
+    assert (loaded.state.phase, loaded.state.stable) == ("Promoted", "iris-v2")
+    assert [e.reason for e in loaded.events] == ["Promoted"]
+
+
+def test_pending_promote_yields_to_a_pod_refusing_the_canary() -> None:
+    f = facts(V1, V2, action="promote", canary_load_failures=["iris-server-0: DigestMismatch"])
+    result = run(progressing_at_step(0), f, 101)
+    assert result.state.phase == "RolledBack" and result.events[-1].reason == "CanaryLoadFailed"
+
+
+# --- an action is consumed only once its effect is in the status (issue row 9) -------------
+
+
+@pytest.mark.parametrize("action", ["abort", "promote"])
+def test_pass_that_obeys_an_action_does_not_consume_it(action: str) -> None:
+    """Removing the annotation waits for a pass that starts from the written status."""
+    result = run(progressing_at_step(0), facts(V1, V2, canary_loaded=True, action=action), 101)
+    assert result.state.phase in ("RolledBack", "Promoted")
+    assert not result.consume_action
+
+
+def test_action_is_consumed_once_the_status_shows_no_canary_in_flight() -> None:
+    aborted = run(progressing_at_step(0), facts(V1, V2, action="abort"), 101).state
+    again = run(aborted, facts(V1, V2, action="abort"), 102)
+    assert again.consume_action and again.state == aborted and again.events == []
+
+
+def test_consumed_action_does_not_touch_a_canary_started_in_the_same_pass() -> None:
+    aborted = run(progressing_at_step(0), facts(V1, V2, action="abort"), 101).state
+    v3 = Version("iris-v3", 3, True, {"accuracy": 0.98})
+    result = run(aborted, facts(V1, V2, v3, action="abort"), 102)
+    assert result.consume_action
+    assert (result.state.phase, result.state.canary) == ("Progressing", "iris-v3")
+    assert [e.reason for e in result.events] == ["CanaryStarted"]
+
+
+def test_action_without_a_canary_in_flight_is_consumed_and_does_nothing() -> None:
+    stable = State(phase="Stable", stable="iris-v1")
+    result = run(stable, facts(V1, action="abort"), 10)
+    assert result.consume_action and result.state == stable and result.events == []
+
+
+def test_unknown_action_is_consumed_and_ignored() -> None:
+    state = progressing_at_step(0)
+    result = run(state, facts(V1, V2, canary_loaded=True, action="pause"), 101)
+    assert result.consume_action and result.state == state
+    assert [e.reason for e in result.events] == ["ActionIgnored"]

@@ -28,7 +28,8 @@ local function text(value)
   return tostring(value)
 end
 
-local BROKEN = {InvalidSpec = true, DigestMismatch = true, ArtifactMissing = true, ProfileMissing = true}
+local BROKEN = {InvalidSpec = true, DigestMismatch = true, ArtifactMissing = true, ProfileMissing = true,
+                CheckFailed = true}
 
 local hs = {}
 local status = obj.status

@@ -15,10 +15,20 @@ from modelops import API_VERSION, GROUP, VERSION
 from modelops.api.common import now_iso
 from modelops.api.deployment import Deployment
 from modelops.controllers.main import get_settings, runtime
-from modelops.controllers.metrics import CANARY_WEIGHT, ROLLBACKS, observed
-from modelops.controllers.status import StatusWriter, invalid_spec
+from modelops.controllers.metrics import CANARY_WEIGHT, ROLLBACKS
+from modelops.controllers.status import StatusWriter, invalid_spec, reconciling
 from modelops.resources import serving
-from modelops.rollout import HISTORY_LIMIT, Event, Facts, State, Version, plan
+from modelops.rollout import (
+    GUARD_UNKNOWN,
+    HISTORY_LIMIT,
+    Event,
+    Facts,
+    Plan,
+    State,
+    Version,
+    guard_verdict,
+    plan,
+)
 from modelops.serving.table import TRANSIENT_REASON
 from modelops.storage import Location
 
@@ -47,7 +57,7 @@ def iso(ts: float) -> str:
 async def reconcile_deployment(
     body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any
 ) -> None:
-    with observed("Deployment"):
+    async with reconciling("Deployment", body, patch):
         await _reconcile(body, patch, logger)
 
 
@@ -73,11 +83,13 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) ->
     loaded, failures = await _pod_reports(
         namespace, name, canary, every_pod=dep.spec.routing == "model"
     )
+    firing, unknown = await _guards(dep, canary) if canary else ([], [])
     facts = Facts(
         versions=[_version(mv) for mv in specs.values()],
         canary_loaded=loaded,
         canary_load_failures=failures,
-        firing_monitors=await _firing_monitors(dep, canary) if canary else [],
+        firing_monitors=firing,
+        unknown_guards=unknown,
         action=body.get("metadata", {}).get("annotations", {}).get(ACTION_ANNOTATION),
         **await _canary_counts(namespace, name, state),
     )
@@ -85,8 +97,6 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) ->
     # 3: decide
     result = plan(dep.spec, state, facts, time.time())
     new = result.state
-    if facts.action:
-        patch.metadata.setdefault("annotations", {})[ACTION_ANNOTATION] = None
 
     # 4: own and apply the children
     routes = [serving.Route(v, role, w, specs[v]["spec"]) for v, role, w in result.routes()]
@@ -120,7 +130,11 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) ->
         url=serving.url(dep) if dep.spec.routing == "model" else None,
         message=result.waiting or (result.events[-1].message if result.events else None),
     )
-    _conditions(status, dep, new.phase, result.waiting, ready_replicas, new.stable)
+    _conditions(status, dep, result, ready_replicas)
+    # 6: an action is removed only once the status this pass started from shows it obeyed
+    # (rollout.plan): a pass that fails before its status is written cannot lose it
+    if result.consume_action:
+        patch.metadata.setdefault("annotations", {})[ACTION_ANNOTATION] = None
 
 
 def _record(status: StatusWriter, current: dict[str, Any], event: Event) -> None:
@@ -141,14 +155,8 @@ def _record(status: StatusWriter, current: dict[str, Any], event: Event) -> None
         kopf.info(status.body, reason=event.reason, message=event.message)
 
 
-def _conditions(
-    status: StatusWriter,
-    dep: Deployment,
-    phase: str,
-    waiting: str,
-    ready: int | None,
-    stable: str | None,
-) -> None:
+def _conditions(status: StatusWriter, dep: Deployment, result: Plan, ready: int | None) -> None:
+    phase, waiting, stable = result.state.phase, result.waiting, result.state.stable
     if stable is None:
         status.condition("Ready", "False", "NoReadyVersion", waiting, event=False)
         status.condition("Progressing", "True", "WaitingForVersion", waiting, event=False)
@@ -161,8 +169,11 @@ def _conditions(
         status.condition(
             "Ready", "False", "PodsNotReady", f"{ready or 0}/{dep.spec.replicas} ready", event=False
         )
-    if phase == "Progressing":
-        status.condition("Progressing", "True", "CanaryProgressing", waiting, event=False)
+    if phase == "Progressing" and result.reason == GUARD_UNKNOWN:
+        status.condition("Progressing", "False", GUARD_UNKNOWN, waiting)  # an Event: held
+    elif phase == "Progressing":
+        reason = result.reason or "CanaryProgressing"
+        status.condition("Progressing", "True", reason, waiting, event=False)
     else:
         status.condition("Progressing", "False", phase, "", event=False)
     if phase == "RolledBack":
@@ -203,23 +214,27 @@ async def _pod_reports(
     return bool(fresh) and all(version in r.get("loaded", []) for r in fresh), failures
 
 
-async def _firing_monitors(dep: Deployment, canary: str | None) -> list[tuple[str, str]]:
-    """DriftMonitors that say the canary drifted: named in the spec, or aimed here with rollback."""
+async def _guards(
+    dep: Deployment, canary: str
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The canary's guards (DriftMonitors named in the spec, or aimed here with rollback):
+    those that say it drifted, and those that cannot evaluate it (a named one missing too)."""
     named = set(dep.spec.rollback.drift_monitors)
-    firing = []
-    for monitor in await runtime.cluster.list(
+    monitors = await runtime.cluster.list(
         API_VERSION, "DriftMonitor", dep.metadata["namespace"], {}
-    ):
-        spec, mstatus = monitor.get("spec", {}), monitor.get("status", {})
-        mine = monitor["metadata"]["name"] in named or (
-            spec.get("deployment") == dep.metadata["name"] and spec.get("action") == "rollback"
-        )
-        drifted: dict[str, Any] = next(
-            (c for c in mstatus.get("conditions", []) if c.get("type") == "Drifted"), {}
-        )
-        if mine and drifted.get("status") == "True" and mstatus.get("version") == canary:
-            firing.append((monitor["metadata"]["name"], drifted.get("message", "")))
-    return firing
+    )
+    found = {m["metadata"]["name"] for m in monitors}
+    firing: list[tuple[str, str]] = []
+    unknown = [(m, "DriftMonitor not found") for m in sorted(named - found)]
+    for monitor in sorted(monitors, key=lambda m: str(m["metadata"]["name"])):
+        name, spec = monitor["metadata"]["name"], monitor.get("spec", {})
+        aimed = spec.get("deployment") == dep.metadata["name"] and spec.get("action") == "rollback"
+        if name not in named and not aimed:
+            continue
+        verdict = guard_verdict(monitor, canary)
+        if verdict is not None:
+            (firing if verdict[0] == "firing" else unknown).append((name, verdict[1]))
+    return firing, unknown
 
 
 _window_counts: dict[str, tuple[float, int, int]] = {}

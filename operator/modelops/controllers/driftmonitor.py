@@ -14,17 +14,21 @@ from pydantic import ValidationError
 from modelops import API_VERSION, GROUP, VERSION
 from modelops.api.common import now_iso, parse_duration
 from modelops.api.driftmonitor import DriftMonitor
+from modelops.controllers.cluster import ApiError
 from modelops.controllers.deployment import iso, parse_time
 from modelops.controllers.main import get_settings, runtime
-from modelops.controllers.metrics import DRIFT_DETECTED, DRIFT_SCORE, RETRAINS, observed
-from modelops.controllers.status import StatusWriter, invalid_spec
+from modelops.controllers.metrics import DRIFT_DETECTED, DRIFT_SCORE, RETRAINS
+from modelops.controllers.status import StatusWriter, invalid_spec, reconciling
 from modelops.controllers.windows import merged_windows
 from modelops.drift import DriftReport, Sketch, detect
+from modelops.drift.detect import missing_features
 from modelops.resources.training import retrain_run
 from modelops.storage import ArtifactError, Location
 
 _profiles: dict[str, dict[str, Any]] = {}
 """Reference profiles by sha256: verified once, immutable after."""
+CHECK_FAILED = "CheckFailed"
+"""Drifted=Unknown: the check raised; the message names the error. Retried next interval."""
 
 
 # One level-triggered path per object: a timer fires at once for new and resumed objects,
@@ -33,8 +37,20 @@ _profiles: dict[str, dict[str, Any]] = {}
 async def reconcile_drift_monitor(
     body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any
 ) -> None:
-    with observed("DriftMonitor"):
-        await _reconcile(body, patch, logger)
+    async with reconciling("DriftMonitor", body, patch):
+        try:
+            await _reconcile(body, patch, logger)
+        except Exception as exc:
+            # A failed check is the monitor's condition (a guarded canary holds on it), and
+            # is tried again at the monitor's interval, not in Kopf's silent back-off loop.
+            logger.exception("DriftMonitor check failed")
+            meta = body["metadata"]
+            status = StatusWriter(body, patch)
+            status.set(lastCheckTime=now_iso())
+            message = f"{type(exc).__name__}: {exc}"[:1000]
+            _unknown(status, meta["name"], meta["namespace"], CHECK_FAILED, message)
+            if isinstance(exc, ApiError):
+                raise  # reconciling() decides between Stalled and a retry
 
 
 async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) -> None:
@@ -73,6 +89,9 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) ->
     merged = await _merged_sketch(namespace, spec.deployment, version, profile, window)
     samples = merged.n_rows if merged else 0
     status.set(samples=samples)
+    if problem := _spec_problem(monitor, profile, version):
+        _unknown(status, name, namespace, "InvalidSpec", problem)
+        return
     if merged is None or samples < spec.min_samples:
         _unknown(
             status,
@@ -82,21 +101,42 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) ->
             f"{samples} samples of {version} in the last {spec.window}, need {spec.min_samples}",
         )
         return
-    report = detect(
-        profile,
-        merged,
-        features=spec.features,
-        method=spec.method,
-        threshold=spec.threshold,
-        per_feature={k: v.wire() for k, v in spec.per_feature.items()},
-        drift_share=spec.drift_share,
-        include_predictions=spec.prediction_drift and profile.get("predictions") is not None,
-    )
+    try:
+        report = detect(
+            profile,
+            merged,
+            features=spec.features,
+            method=spec.method,
+            threshold=spec.threshold,
+            per_feature={k: v.wire() for k, v in spec.per_feature.items()},
+            drift_share=spec.drift_share,
+            include_predictions=spec.prediction_drift and profile.get("predictions") is not None,
+        )
+    except ValueError as exc:  # the spec asks what this profile cannot answer (a method)
+        _unknown(status, name, namespace, "InvalidSpec", f"{exc} (for {version})")
+        return
     _report(status, name, namespace, version, report)
 
     # 4: act
     if report.dataset_drift and spec.action == "retrain":
         await _retrain(monitor, body, status, current)
+
+
+def _spec_problem(monitor: DriftMonitor, profile: dict[str, Any], version: str) -> str:
+    """What in the spec names features the version's profile lacks ("" when nothing does)."""
+    spec = monitor.spec
+    problems = [
+        f"{field} names {', '.join(missing)}"
+        for field, names in (
+            ("spec.features", spec.features or []),
+            ("spec.perFeature", spec.per_feature),
+        )
+        if (missing := missing_features(profile, names))
+    ]
+    if not problems:
+        return ""
+    known = ", ".join(sorted(profile["features"]))
+    return f"{'; '.join(problems)}: not features of {version}, whose profile has {known}"
 
 
 def _unknown(status: StatusWriter, name: str, namespace: str, reason: str, message: str) -> None:

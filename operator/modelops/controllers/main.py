@@ -41,6 +41,10 @@ def operator_store(config: Settings) -> ArtifactStore:
     return ArtifactStore(config.s3_endpoint, access, secret, secure=config.s3_secure)
 
 
+KOPF_BACKOFFS = (1, 1, 2, 3, 5, 8, 13, 21, 30, 30, 30, 30, 30, 30, 30, 30, 30)
+"""Seconds between Kopf's retries of a failed API request (about 5 minutes in all)."""
+
+
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
     config = get_settings()
@@ -53,6 +57,13 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     settings.watching.server_timeout = 60
     settings.watching.client_timeout = 70
     settings.networking.request_timeout = 30
+    # Kopf's own calls (watches, its patches) ride out an API outage of about 5 minutes before
+    # giving up (its default is 1 minute, after which the operator exits).
+    settings.networking.error_backoffs = KOPF_BACKOFFS
+    if [n for n in config.namespaces.split(",") if n]:
+        # Fixed namespaces: nothing to discover. Scanning would list Namespaces and CRDs
+        # cluster-wide, which a namespace-scoped role does not allow.
+        settings.scanning.disabled = True
     runtime.cluster = Cluster.login(settings)
     runtime.store = operator_store(config)
     try:

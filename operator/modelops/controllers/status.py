@@ -36,6 +36,8 @@ WARNING_REASONS = frozenset(
         "QuotaExceeded",
         "Invalid",
         "StatusRejected",
+        "CheckFailed",
+        "GuardUnknown",
     }
 )
 """Reasons posted as Warning events; every other transition is Normal."""

@@ -36,7 +36,7 @@ beyond the profile's 1000 and unseen ones are compared as one "other" cell.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -352,7 +352,12 @@ def _method(name: str) -> Method:
     return METHODS[name]
 
 
+def missing_features(profile: Mapping[str, Any], names: Iterable[str]) -> list[str]:
+    """The names that are not features of ``profile``, in order, once each."""
+    return [name for name in dict.fromkeys(names) if name not in profile["features"]]
+
+
 def _known(names: Sequence[str], profile: Mapping[str, Any]) -> list[str]:
-    if unknown := [name for name in names if name not in profile["features"]]:
+    if unknown := missing_features(profile, names):
         raise ValueError(f"features not in the profile: {unknown}")
     return list(names)

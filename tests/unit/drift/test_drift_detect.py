@@ -15,7 +15,7 @@ from scipy import stats as sps
 from scipy.spatial import distance
 
 from modelops.drift import METHODS, PREDICTION, DriftReport, Sketch, build_profile, detect
-from modelops.drift.detect import ks_test
+from modelops.drift.detect import ks_test, missing_features
 
 
 def _sketch(profile: dict[str, Any], frame: pd.DataFrame, **kwargs: Any) -> Sketch:
@@ -264,3 +264,11 @@ def test_identical_distributions_never_drift(values: list[float], seed: int) -> 
         report = detect(profile, sketch, method=method)
         assert not any(f.drifted for f in report.features), (method, report.features)
         assert not report.dataset_drift
+
+
+def test_missing_features_names_each_unknown_feature_once_in_order() -> None:
+    profile = build_profile(pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": ["x", "y", "x"]}))
+    assert missing_features(profile, ["a", "zz", "b", "yy", "zz"]) == ["zz", "yy"]
+    assert missing_features(profile, []) == []
+    with pytest.raises(ValueError, match=r"features not in the profile: \['zz'\]"):
+        detect(profile, Sketch.empty(profile), features=["a", "zz"])

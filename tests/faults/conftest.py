@@ -1,0 +1,1 @@
+"""Fault tests: their fixtures are in ``support.cluster_fixtures`` (a cluster of their own)."""
