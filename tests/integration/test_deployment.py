@@ -1,11 +1,23 @@
-"""The Deployment controller with the real operator: children, steps, promotion, rollbacks."""
+"""The Deployment controller with the real operator: children, steps, promotion, rollbacks.
+
+Two kinds of test. Those about the real loop (children, a canary walked to promotion) take
+the ``operator`` fixture: its serving pods run (image ``modelops-runtime:local``), load the
+versions from the store and write their own reports. Those about the rollout's decisions on
+given reports and windows (refusals, error rates, monitors, annotations, restarts) take
+``operator_without_pods``: its serving pods name an image the process kubelet does not run,
+so they wait in ErrImagePull and the test's simulated reports are the only ones.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import copy
 import json
+import shutil
+import subprocess
 import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -13,13 +25,67 @@ import pytest
 
 from modelops import API_VERSION
 from modelops.controllers.cluster import Cluster
+from modelops.local.cluster import LocalCluster
 from modelops.local.s3server import S3Server
 from modelops.storage import Location
 from support.models import model_version, train_version
-from support.operator import OperatorProcess, condition, eventually
+from support.operator import (
+    UNRUNNABLE_IMAGE,
+    OperatorProcess,
+    condition,
+    eventually,
+    supervised,
+)
 
 pytestmark = pytest.mark.integration
-NS = "default"
+ROLLOUT_TIMEOUT = 90.0  # real serving pods start, fetch and verify the versions first
+
+# Gateway API is not part of Kubernetes: a cluster that routes through it has its CRDs. The
+# operator only applies HTTPRoutes, so the smallest structural CRD of the kind will do.
+HTTPROUTE_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {
+        "name": "httproutes.gateway.networking.k8s.io",
+        # The group ends in k8s.io: the API server asks for an approved API's annotation.
+        "annotations": {
+            "api-approved.kubernetes.io": "https://github.com/kubernetes-sigs/gateway-api/pull/2466"
+        },
+    },
+    "spec": {
+        "group": "gateway.networking.k8s.io",
+        "scope": "Namespaced",
+        "names": {
+            "kind": "HTTPRoute",
+            "listKind": "HTTPRouteList",
+            "plural": "httproutes",
+            "singular": "httproute",
+        },
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {
+                            "spec": {
+                                "type": "object",
+                                "x-kubernetes-preserve-unknown-fields": True,
+                            },
+                            "status": {
+                                "type": "object",
+                                "x-kubernetes-preserve-unknown-fields": True,
+                            },
+                        },
+                    }
+                },
+            }
+        ],
+    },
+}
 
 
 @pytest.fixture(scope="module")
@@ -28,45 +94,90 @@ def summaries(s3: S3Server) -> dict[int, dict[str, Any]]:
     return {n: train_version(store, n) for n in (1, 2, 3)}
 
 
-async def add_version(cluster: Cluster, summaries: dict[int, dict[str, Any]], n: int) -> None:
-    await cluster.create(model_version(summaries[n], n))
+@pytest.fixture
+async def operator_without_pods(
+    operator_kubeconfig: Path, s3: S3Server, namespace: str, tmp_path: Path
+) -> AsyncIterator[OperatorProcess]:
+    """The real operator, but its serving pods never run: the test writes their reports."""
+    proc = OperatorProcess(
+        operator_kubeconfig,
+        s3,
+        tmp_path / "logs",
+        MODELOPS_NAMESPACES=namespace,
+        MODELOPS_RUNTIME_IMAGE=UNRUNNABLE_IMAGE,
+    )
+    with supervised(proc):
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def httproute_crd(
+    local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """Gateway API's HTTPRoute kind, installed as a cluster that uses gateway routing has it."""
+    binary = shutil.which("kubectl")
+    assert binary is not None
+    cache = tmp_path_factory.mktemp("kubectl-cache")
+
+    def kubectl(*args: str, input: str | None = None) -> None:
+        command = [binary, "--kubeconfig", str(local_cluster.kubeconfig), "--cache-dir", str(cache)]
+        done = subprocess.run(
+            [*command, *args], input=input, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, done.stderr
+
+    name = HTTPROUTE_CRD["metadata"]["name"]
+    kubectl("apply", "--server-side", "-f", "-", input=json.dumps(HTTPROUTE_CRD))
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
+    yield
+    kubectl("delete", f"crd/{name}", "--wait=false")
+
+
+async def add_version(
+    cluster: Cluster, namespace: str, summaries: dict[int, dict[str, Any]], n: int
+) -> None:
+    await cluster.create(model_version(summaries[n], n, namespace))
 
     async def ready() -> bool:
-        mv = await cluster.get(API_VERSION, "ModelVersion", NS, f"iris-v{n}")
+        mv = await cluster.get(API_VERSION, "ModelVersion", namespace, f"iris-v{n}")
         return bool(mv and mv.get("status", {}).get("phase") == "Ready")
 
     await eventually(ready, what=f"iris-v{n} Ready")
 
 
-def deployment(steps: list[dict[str, Any]] | None = None, **spec: Any) -> dict[str, Any]:
+def deployment(
+    namespace: str, steps: list[dict[str, Any]] | None = None, **spec: Any
+) -> dict[str, Any]:
     body: dict[str, Any] = {"model": "iris", "replicas": 1, **spec}
     if steps is not None:
         body["canary"] = {"version": "latest", "steps": steps}
     return {
         "apiVersion": API_VERSION,
         "kind": "Deployment",
-        "metadata": {"name": "iris", "namespace": NS},
+        "metadata": {"name": "iris", "namespace": namespace},
         "spec": body,
     }
 
 
-async def get_dep(cluster: Cluster) -> dict[str, Any]:
-    dep = await cluster.get(API_VERSION, "Deployment", NS, "iris")
+async def get_dep(cluster: Cluster, namespace: str) -> dict[str, Any]:
+    dep = await cluster.get(API_VERSION, "Deployment", namespace, "iris")
     assert dep is not None
     return dep
 
 
-async def wait_status(cluster: Cluster, what: str, **expected: Any) -> dict[str, Any]:
+async def wait_status(
+    cluster: Cluster, namespace: str, what: str, **expected: Any
+) -> dict[str, Any]:
     async def probe() -> dict[str, Any] | None:
-        dep = await get_dep(cluster)
+        dep = await get_dep(cluster, namespace)
         status = dep.get("status", {})
         return dep if all(status.get(k) == v for k, v in expected.items()) else None
 
-    return await eventually(probe, what=what, timeout=45)
+    return await eventually(probe, what=what, timeout=ROLLOUT_TIMEOUT)
 
 
-async def routing(cluster: Cluster) -> dict[str, int]:
-    cm = await cluster.get("v1", "ConfigMap", NS, "iris-routing")
+async def routing(cluster: Cluster, namespace: str) -> dict[str, int]:
+    cm = await cluster.get("v1", "ConfigMap", namespace, "iris-routing")
     assert cm is not None
     table = json.loads(cm["data"]["routing.json"])
     return {v["name"]: v["weight"] for v in table["versions"]}
@@ -74,6 +185,7 @@ async def routing(cluster: Cluster) -> dict[str, int]:
 
 def report_pods_loaded(
     s3: S3Server,
+    namespace: str,
     *versions: str,
     failed: dict[str, str] | None = None,
     pod: str = "iris-server-0",
@@ -90,30 +202,43 @@ def report_pods_loaded(
         "failed": failed,
     }
     s3.store().put(
-        Location("modelops", f"{NS}/serving/iris/pods/{pod}.json"), json.dumps(report).encode()
+        Location("modelops", f"{namespace}/serving/iris/pods/{pod}.json"),
+        json.dumps(report).encode(),
     )
 
 
 async def start_canary(
-    cluster: Cluster, s3: S3Server, summaries: dict[int, dict[str, Any]], steps: list[dict]
+    cluster: Cluster,
+    namespace: str,
+    s3: S3Server,
+    summaries: dict[int, dict[str, Any]],
+    steps: list[dict],
+    *,
+    simulate: bool = True,
 ) -> None:
-    await add_version(cluster, summaries, 1)
-    await cluster.create(deployment(steps))
-    await wait_status(cluster, "stable iris-v1", stableVersion="iris-v1")
-    await add_version(cluster, summaries, 2)
-    await wait_status(cluster, "canary loading", canaryVersion="iris-v2", canaryWeight=0)
-    report_pods_loaded(s3, "iris-v1", "iris-v2")
-    await wait_status(cluster, "canary at step 1", canaryWeight=steps[0]["weight"], step=0)
+    """Stable iris-v1, then iris-v2 as a canary at its first step once the pods hold it:
+    reported by the test (``simulate``) or by the real serving pods."""
+    await add_version(cluster, namespace, summaries, 1)
+    await cluster.create(deployment(namespace, steps))
+    await wait_status(cluster, namespace, "stable iris-v1", stableVersion="iris-v1")
+    await add_version(cluster, namespace, summaries, 2)
+    await wait_status(cluster, namespace, "canary loading", canaryVersion="iris-v2", canaryWeight=0)
+    if simulate:
+        report_pods_loaded(s3, namespace, "iris-v1", "iris-v2")
+    await wait_status(
+        cluster, namespace, "canary at step 1", canaryWeight=steps[0]["weight"], step=0
+    )
 
 
 async def test_stable_version_gets_valid_children(
-    cluster: Cluster, operator: OperatorProcess, summaries: dict[int, dict[str, Any]]
+    cluster: Cluster, namespace: str, operator: OperatorProcess, summaries: dict
 ) -> None:
-    await add_version(cluster, summaries, 1)
-    await cluster.create(deployment())
-    dep = await wait_status(cluster, "stable", phase="Stable", stableVersion="iris-v1")
-    assert dep["status"]["url"] == "http://iris.default.svc:8080/v2/models/iris"
-    assert await routing(cluster) == {"iris-v1": 100}
+    """Real serving pods: the children are what the real controllers and kubelet run."""
+    await add_version(cluster, namespace, summaries, 1)
+    await cluster.create(deployment(namespace))
+    dep = await wait_status(cluster, namespace, "stable", phase="Stable", stableVersion="iris-v1")
+    assert dep["status"]["url"] == f"http://iris.{namespace}.svc:8080/v2/models/iris"
+    assert await routing(cluster, namespace) == {"iris-v1": 100}
 
     children = [
         ("v1", "ServiceAccount", "iris-server"),
@@ -124,7 +249,7 @@ async def test_stable_version_gets_valid_children(
         ("v1", "Service", "iris"),
     ]
     for api_version, kind, name in children:
-        obj = await cluster.get(api_version, kind, NS, name)
+        obj = await cluster.get(api_version, kind, namespace, name)
         assert obj is not None, f"{kind} {name} missing"
         assert obj["metadata"]["ownerReferences"][0]["uid"] == dep["metadata"]["uid"]
         clean = copy.deepcopy(obj)
@@ -132,7 +257,7 @@ async def test_stable_version_gets_valid_children(
             clean["metadata"].pop(field, None)
         clean.pop("status", None)
         kubernetes_validate.validate(clean, "1.32", strict=True)
-    role = await cluster.get("rbac.authorization.k8s.io/v1", "Role", NS, "iris-server")
+    role = await cluster.get("rbac.authorization.k8s.io/v1", "Role", namespace, "iris-server")
     assert role is not None
     assert role["rules"] == [
         {
@@ -142,40 +267,54 @@ async def test_stable_version_gets_valid_children(
             "verbs": ["get", "list", "watch"],
         }
     ]
+    # The serving pod really runs, loads iris-v1 and turns ready: the Deployment is Ready.
+    dep = await wait_status(cluster, namespace, "a ready replica", readyReplicas=1)
+    assert condition(dep, "Ready")["reason"] == "Serving"
 
 
 async def test_canary_walks_its_steps_then_is_promoted(
-    cluster: Cluster, operator: OperatorProcess, s3: S3Server, summaries: dict
+    cluster: Cluster, namespace: str, operator: OperatorProcess, s3: S3Server, summaries: dict
 ) -> None:
+    """Real serving pods: the canary enters its first step on their own reports."""
     steps = [{"weight": 10, "pause": "1s"}, {"weight": 50, "pause": "1s"}]
-    await start_canary(cluster, s3, summaries, steps)
-    assert await routing(cluster) == {"iris-v1": 90, "iris-v2": 10}
-    await wait_status(cluster, "step 2", canaryWeight=50, step=1)
-    dep = await wait_status(cluster, "promoted", phase="Promoted", stableVersion="iris-v2")
+    await start_canary(cluster, namespace, s3, summaries, steps, simulate=False)
+    assert await routing(cluster, namespace) == {"iris-v1": 90, "iris-v2": 10}
+    reports = s3.store().list(Location("modelops", f"{namespace}/serving/iris/pods/"))
+    assert reports and all(key.startswith(f"{namespace}/serving/iris/pods/iris-server-")
+                           for key in reports), reports  # fmt: skip
+    await wait_status(cluster, namespace, "step 2", canaryWeight=50, step=1)
+    dep = await wait_status(
+        cluster, namespace, "promoted", phase="Promoted", stableVersion="iris-v2"
+    )
     assert dep["status"].get("canaryVersion") is None
-    assert await routing(cluster) == {"iris-v2": 100}
+    assert await routing(cluster, namespace) == {"iris-v2": 100}
     events = [h["event"] for h in dep["status"]["history"]]
     assert events == ["StableSelected", "CanaryStarted", "CanaryStep", "CanaryStep", "Promoted"]
 
 
 async def test_drifted_monitor_rolls_the_canary_back(
-    cluster: Cluster, operator: OperatorProcess, s3: S3Server, summaries: dict
+    cluster: Cluster,
+    namespace: str,
+    operator_without_pods: OperatorProcess,
+    s3: S3Server,
+    summaries: dict,
 ) -> None:
-    await start_canary(cluster, s3, summaries, [{"weight": 20, "pause": "1h"}])
+    """Simulated pods: the monitor's verdict is written by hand, no traffic is needed."""
+    await start_canary(cluster, namespace, s3, summaries, [{"weight": 20, "pause": "1h"}])
     monitor = {
         "apiVersion": API_VERSION,
         "kind": "DriftMonitor",
-        "metadata": {"name": "iris-drift", "namespace": NS},
+        "metadata": {"name": "iris-drift", "namespace": namespace},
         "spec": {"deployment": "iris", "action": "rollback", "interval": "1h"},
     }
     await cluster.create(monitor)
 
     async def checked_once() -> bool:
-        obj = await cluster.get(API_VERSION, "DriftMonitor", NS, "iris-drift")
+        obj = await cluster.get(API_VERSION, "DriftMonitor", namespace, "iris-drift")
         return bool(obj and obj.get("status", {}).get("lastCheckTime"))
 
     # Its own first check would overwrite what we write; then interval 1h keeps it quiet.
-    await eventually(checked_once, what="the monitor's first check")
+    await eventually(checked_once, what="the monitor's first check", timeout=60)
     drifted = {
         "type": "Drifted",
         "status": "True",
@@ -186,16 +325,16 @@ async def test_drifted_monitor_rolls_the_canary_back(
     await cluster.patch(
         API_VERSION,
         "DriftMonitor",
-        NS,
+        namespace,
         "iris-drift",
         {"status": {"version": "iris-v2", "conditions": [drifted]}},
         subresource="status",
     )
-    dep = await wait_status(cluster, "rolled back", phase="RolledBack")
+    dep = await wait_status(cluster, namespace, "rolled back", phase="RolledBack")
     status = dep["status"]
     assert (status["canaryWeight"], status["rejectedVersions"]) == (0, ["iris-v2"])
     assert status["stableVersion"] == "iris-v1"
-    assert await routing(cluster) == {"iris-v1": 100}
+    assert await routing(cluster, namespace) == {"iris-v1": 100}
     last = status["history"][-1]
     assert (
         last["reason"] == "DriftDetected" and "iris-drift: 3/4 features drifted" in last["message"]
@@ -204,85 +343,105 @@ async def test_drifted_monitor_rolls_the_canary_back(
 
 
 async def test_canary_error_rate_over_the_limit_rolls_back(
-    cluster: Cluster, operator: OperatorProcess, s3: S3Server, summaries: dict
+    cluster: Cluster,
+    namespace: str,
+    operator_without_pods: OperatorProcess,
+    s3: S3Server,
+    summaries: dict,
 ) -> None:
-    await add_version(cluster, summaries, 1)
-    spec = deployment([{"weight": 30, "pause": "1h"}], rollback={"maxErrorRate": 0.05,
-                                                                  "minSamples": 50})  # fmt: skip
+    """Simulated pods: the canary's requests and errors are one window written by hand."""
+    await add_version(cluster, namespace, summaries, 1)
+    spec = deployment(namespace, [{"weight": 30, "pause": "1h"}],
+                      rollback={"maxErrorRate": 0.05, "minSamples": 50})  # fmt: skip
     await cluster.create(spec)
-    await wait_status(cluster, "stable", stableVersion="iris-v1")
-    await add_version(cluster, summaries, 2)
-    await wait_status(cluster, "loading", canaryVersion="iris-v2", canaryWeight=0)
-    report_pods_loaded(s3, "iris-v1", "iris-v2")
-    await wait_status(cluster, "step 1", canaryWeight=30)
+    await wait_status(cluster, namespace, "stable", stableVersion="iris-v1")
+    await add_version(cluster, namespace, summaries, 2)
+    await wait_status(cluster, namespace, "loading", canaryVersion="iris-v2", canaryWeight=0)
+    report_pods_loaded(s3, namespace, "iris-v1", "iris-v2")
+    await wait_status(cluster, namespace, "step 1", canaryWeight=30)
     now = time.time()
     window = {"start": now, "end": now + 1, "requests": 80, "errors": 12}
     s3.store().put(
-        Location("modelops", f"{NS}/sketches/iris/iris-v2/{int(now)}-iris-server-0.json"),
+        Location("modelops", f"{namespace}/sketches/iris/iris-v2/{int(now)}-iris-server-0.json"),
         json.dumps(window).encode(),
     )
-    dep = await wait_status(cluster, "rolled back", phase="RolledBack")
+    dep = await wait_status(cluster, namespace, "rolled back", phase="RolledBack")
     assert "error rate 0.150 > 0.05 over 80 requests" in dep["status"]["history"][-1]["message"]
 
 
 async def test_canary_a_pod_refuses_is_rolled_back_but_not_for_an_unreachable_store(
-    cluster: Cluster, operator: OperatorProcess, s3: S3Server, summaries: dict
+    cluster: Cluster,
+    namespace: str,
+    operator_without_pods: OperatorProcess,
+    s3: S3Server,
+    summaries: dict,
 ) -> None:
-    await add_version(cluster, summaries, 1)
-    await cluster.create(deployment([{"weight": 20, "pause": "1h"}]))
-    await wait_status(cluster, "stable", stableVersion="iris-v1")
-    await add_version(cluster, summaries, 2)
-    await wait_status(cluster, "loading", canaryVersion="iris-v2", canaryWeight=0)
+    """Simulated pods: a real pod would load these genuine artifacts; the refusals (and the
+    unreachable store) are what this test gives the operator."""
+    await add_version(cluster, namespace, summaries, 1)
+    await cluster.create(deployment(namespace, [{"weight": 20, "pause": "1h"}]))
+    await wait_status(cluster, namespace, "stable", stableVersion="iris-v1")
+    await add_version(cluster, namespace, summaries, 2)
+    await wait_status(cluster, namespace, "loading", canaryVersion="iris-v2", canaryWeight=0)
     # The store unreachable from a pod may pass: the canary waits, still at weight 0.
-    report_pods_loaded(s3, "iris-v1", failed={"iris-v2": "StoreUnavailable"})
+    report_pods_loaded(s3, namespace, "iris-v1", failed={"iris-v2": "StoreUnavailable"})
     await asyncio.sleep(3)
-    dep = await get_dep(cluster)
+    dep = await get_dep(cluster, namespace)
     assert (dep["status"]["phase"], dep["status"]["canaryWeight"]) == ("Progressing", 0)
-    report_pods_loaded(s3, "iris-v1", failed={"iris-v2": "DigestMismatch"})
-    dep = await wait_status(cluster, "rolled back", phase="RolledBack")
+    report_pods_loaded(s3, namespace, "iris-v1", failed={"iris-v2": "DigestMismatch"})
+    dep = await wait_status(cluster, namespace, "rolled back", phase="RolledBack")
     status = dep["status"]
     assert (status["canaryWeight"], status["rejectedVersions"]) == (0, ["iris-v2"])
-    assert await routing(cluster) == {"iris-v1": 100}
+    assert await routing(cluster, namespace) == {"iris-v1": 100}
     last = status["history"][-1]
     assert last["reason"] == "CanaryLoadFailed"
     assert "iris-server-0: DigestMismatch" in last["message"]
     # A newer version is a new canary: the pod's refusal of iris-v2 does not speak for it.
-    await add_version(cluster, summaries, 3)
-    await wait_status(cluster, "next canary", canaryVersion="iris-v3", phase="Progressing")
+    await add_version(cluster, namespace, summaries, 3)
+    await wait_status(
+        cluster, namespace, "next canary", canaryVersion="iris-v3", phase="Progressing"
+    )
     await asyncio.sleep(2)
-    status = (await get_dep(cluster))["status"]
+    status = (await get_dep(cluster, namespace))["status"]
     assert (status["phase"], status["canaryVersion"]) == ("Progressing", "iris-v3")
     assert status["rejectedVersions"] == ["iris-v2"]
-    report_pods_loaded(s3, "iris-v1", "iris-v3", failed={"iris-v2": "DigestMismatch"})
-    await wait_status(cluster, "iris-v3 at step 1", canaryWeight=20, step=0)
+    report_pods_loaded(s3, namespace, "iris-v1", "iris-v3", failed={"iris-v2": "DigestMismatch"})
+    await wait_status(cluster, namespace, "iris-v3 at step 1", canaryWeight=20, step=0)
 
 
 async def test_gateway_routing_weights_an_httproute_and_waits_for_the_canary_pods_only(
-    cluster: Cluster, operator: OperatorProcess, s3: S3Server, summaries: dict
+    cluster: Cluster,
+    namespace: str,
+    httproute_crd: None,
+    operator_without_pods: OperatorProcess,
+    s3: S3Server,
+    summaries: dict,
 ) -> None:
-    await add_version(cluster, summaries, 1)
+    """Simulated pods: which pods' reports the canary waits for is the point, so the test
+    decides when each version's pods report (real ones would load at once)."""
+    await add_version(cluster, namespace, summaries, 1)
     gateway = {"parentRefs": [{"name": "public", "namespace": "gateways"}]}
     steps = [{"weight": 20, "pause": "1h"}]
-    await cluster.create(deployment(steps, routing="gateway", gateway=gateway))
-    await wait_status(cluster, "stable", phase="Stable", stableVersion="iris-v1")
+    await cluster.create(deployment(namespace, steps, routing="gateway", gateway=gateway))
+    await wait_status(cluster, namespace, "stable", phase="Stable", stableVersion="iris-v1")
 
     async def stable_pod() -> None:  # reports again and again, as a live pod does
         while True:
-            report_pods_loaded(s3, "iris-v1", pod="iris-iris-v1-server-0")
+            report_pods_loaded(s3, namespace, "iris-v1", pod="iris-iris-v1-server-0")
             await asyncio.sleep(1)
 
     reporting = asyncio.create_task(stable_pod())
     try:
-        await _gateway_canary(cluster, s3, summaries, gateway)
+        await _gateway_canary(cluster, namespace, s3, summaries, gateway)
     finally:
         reporting.cancel()
 
 
 async def _gateway_canary(
-    cluster: Cluster, s3: S3Server, summaries: dict, gateway: dict[str, Any]
+    cluster: Cluster, namespace: str, s3: S3Server, summaries: dict, gateway: dict[str, Any]
 ) -> None:
-    await add_version(cluster, summaries, 2)
-    await wait_status(cluster, "canary loading", canaryVersion="iris-v2", canaryWeight=0)
+    await add_version(cluster, namespace, summaries, 2)
+    await wait_status(cluster, namespace, "canary loading", canaryVersion="iris-v2", canaryWeight=0)
     for kind, name in (
         ("apps/v1", "Deployment"),
         ("v1", "Service"),
@@ -290,20 +449,20 @@ async def _gateway_canary(
     ):
         for version in ("iris-v1", "iris-v2"):
             suffix = {"Deployment": "-server", "ConfigMap": "-routing", "Service": ""}[name]
-            obj = await cluster.get(kind, name, NS, f"iris-{version}{suffix}")
+            obj = await cluster.get(kind, name, namespace, f"iris-{version}{suffix}")
             assert obj is not None, f"{name} for {version}"
-    cm = await cluster.get("v1", "ConfigMap", NS, "iris-iris-v2-routing")
+    cm = await cluster.get("v1", "ConfigMap", namespace, "iris-iris-v2-routing")
     assert cm is not None
     table = json.loads(cm["data"]["routing.json"])
     assert [(v["name"], v["weight"]) for v in table["versions"]] == [("iris-v2", 100)]
     # The stable version's pods never hold the canary: only the canary's pods are waited for.
     await asyncio.sleep(2)
-    assert (await get_dep(cluster))["status"]["canaryWeight"] == 0
-    report_pods_loaded(s3, "iris-v2", pod="iris-iris-v2-server-0")
-    await wait_status(cluster, "step 1", canaryWeight=20, step=0)
+    assert (await get_dep(cluster, namespace))["status"]["canaryWeight"] == 0
+    report_pods_loaded(s3, namespace, "iris-v2", pod="iris-iris-v2-server-0")
+    await wait_status(cluster, namespace, "step 1", canaryWeight=20, step=0)
 
     async def weighted() -> dict[str, int] | None:
-        route = await cluster.get("gateway.networking.k8s.io/v1", "HTTPRoute", NS, "iris")
+        route = await cluster.get("gateway.networking.k8s.io/v1", "HTTPRoute", namespace, "iris")
         if route is None:
             return None
         backends = route["spec"]["rules"][0]["backendRefs"]
@@ -311,40 +470,55 @@ async def _gateway_canary(
         return weights if weights == {"iris-iris-v1": 80, "iris-iris-v2": 20} else None
 
     await eventually(weighted, what="HTTPRoute weights 80/20")
-    route = await cluster.get("gateway.networking.k8s.io/v1", "HTTPRoute", NS, "iris")
+    route = await cluster.get("gateway.networking.k8s.io/v1", "HTTPRoute", namespace, "iris")
     assert route is not None and route["spec"]["parentRefs"] == gateway["parentRefs"]
 
 
 @pytest.mark.parametrize(("action", "phase"), [("promote", "Promoted"), ("abort", "RolledBack")])
 async def test_manual_action_annotation_is_obeyed_and_cleared(
     cluster: Cluster,
-    operator: OperatorProcess,
+    namespace: str,
+    operator_without_pods: OperatorProcess,
     s3: S3Server,
     summaries: dict,
     action: str,
     phase: str,
 ) -> None:
-    await start_canary(cluster, s3, summaries, [{"weight": 10, "pause": "1h"}])
+    """Simulated pods: the annotation is the point, not the pods."""
+    await start_canary(cluster, namespace, s3, summaries, [{"weight": 10, "pause": "1h"}])
     await cluster.patch(
         API_VERSION,
         "Deployment",
-        NS,
+        namespace,
         "iris",
         {"metadata": {"annotations": {"modelops.dev/action": action}}},
     )
-    dep = await wait_status(cluster, phase, phase=phase)
-    assert "modelops.dev/action" not in dep["metadata"].get("annotations", {})
+    await wait_status(cluster, namespace, phase, phase=phase)
+
+    async def cleared() -> dict[str, Any] | None:
+        # Removed by a later pass than the one that obeyed it: once the status shows it.
+        dep = await get_dep(cluster, namespace)
+        return None if "modelops.dev/action" in dep["metadata"].get("annotations", {}) else dep
+
+    dep = await eventually(cleared, what="the action annotation removed", timeout=30)
+    assert dep["status"]["phase"] == phase
 
 
 async def test_restart_mid_step_resumes_without_skipping_or_repeating(
-    cluster: Cluster, operator: OperatorProcess, s3: S3Server, summaries: dict
+    cluster: Cluster,
+    namespace: str,
+    operator_without_pods: OperatorProcess,
+    s3: S3Server,
+    summaries: dict,
 ) -> None:
+    """Simulated pods: the operator's restart is the point; one report holds the canary."""
+    operator = operator_without_pods
     steps = [{"weight": 10, "pause": "4s"}, {"weight": 40, "pause": "1h"}]
-    await start_canary(cluster, s3, summaries, steps)
-    before = (await get_dep(cluster))["status"]
+    await start_canary(cluster, namespace, s3, summaries, steps)
+    before = (await get_dep(cluster, namespace))["status"]
     operator.stop()
     operator.start()
-    dep = await wait_status(cluster, "step 2 after restart", step=1, canaryWeight=40)
+    dep = await wait_status(cluster, namespace, "step 2 after restart", step=1, canaryWeight=40)
     history = [h["event"] for h in dep["status"]["history"]]
     assert history.count("CanaryStep") == 2
     started = time.mktime(time.strptime(before["stepStartedAt"], "%Y-%m-%dT%H:%M:%SZ"))

@@ -35,18 +35,24 @@ def _spec(seed: int) -> TrainingRunSpec:
 
 
 def train_version(store: ArtifactStore, number: int) -> dict[str, Any]:
-    """Train iris with a seed per version; return the trainer's summary."""
-    out = Location("modelops", f"default/iris/test-run-{number}")
+    """Train iris with a seed per version; return the trainer's summary.
+
+    Trained once per test module and shared by its tests, each in a namespace of its own, so
+    the artifacts live under a prefix of no namespace (``fixtures/``).
+    """
+    out = Location("modelops", f"fixtures/iris/test-run-{number}")
     return train(_spec(number), store, out)
 
 
-def model_version(summary: dict[str, Any], number: int, model: str = "iris") -> dict[str, Any]:
+def model_version(
+    summary: dict[str, Any], number: int, namespace: str, model: str = "iris"
+) -> dict[str, Any]:
     return {
         "apiVersion": API_VERSION,
         "kind": "ModelVersion",
         "metadata": {
             "name": f"{model}-v{number}",
-            "namespace": "default",
+            "namespace": namespace,
             "labels": {"modelops.dev/model": model},
         },
         "spec": {
