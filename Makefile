@@ -25,6 +25,9 @@ controlplane: ## Build the Kubernetes control plane (Go 1.26+; cached by the has
 test: $(STAMP) controlplane ## Run the whole offline test suite (unit, integration, e2e)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+faults: $(STAMP) controlplane ## Run the fault-injection suite only (API faults, killed operators)
+	$(PY) -m pytest tests/faults -s $(PYTEST_ARGS)
+
 unit: $(STAMP) ## Run the unit tests only
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
@@ -80,4 +83,4 @@ e2e-kind: $(STAMP) ## Run the real-cluster tests (needs Docker and kind)
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .venv-checkov .pytest_cache .mypy_cache .ruff_cache .modelops bin
 
-.PHONY: help install controlplane test unit lint format typecheck crds verify-crds run demo bench bench-drift bench-serve bench-controlplane deploy undeploy images e2e-kind clean
+.PHONY: help install controlplane test faults unit lint format typecheck crds verify-crds run demo bench bench-drift bench-serve bench-controlplane deploy undeploy images e2e-kind clean
