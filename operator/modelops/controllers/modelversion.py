@@ -12,8 +12,7 @@ from modelops import GROUP, VERSION
 from modelops.api.common import now_iso
 from modelops.api.modelversion import ModelVersion
 from modelops.controllers.main import runtime
-from modelops.controllers.metrics import observed
-from modelops.controllers.status import StatusWriter, invalid_spec
+from modelops.controllers.status import StatusWriter, invalid_spec, reconciling
 from modelops.resources.training import metrics_summary
 from modelops.storage import ArtifactError, Location
 
@@ -33,7 +32,7 @@ def _deletes_artifacts(spec: kopf.Spec, **_: Any) -> bool:
 # and event handlers stacked beside it would run concurrently with it on the same object.
 @kopf.timer(GROUP, VERSION, "modelversions", interval=REVERIFY_SECONDS, when=_not_ready)
 async def reconcile_model_version(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    with observed("ModelVersion"):
+    async with reconciling("ModelVersion", body, patch):
         status = StatusWriter(body, patch)
         try:
             version = ModelVersion.model_validate(dict(body))

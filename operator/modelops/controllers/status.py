@@ -38,6 +38,10 @@ WARNING_REASONS = frozenset(
         "StatusRejected",
         "CheckFailed",
         "GuardUnknown",
+        "NoFreeVersionNumber",
+        "RegistrationRefused",
+        "DeadlineExceeded",
+        "BackoffLimitExceeded",
     }
 )
 """Reasons posted as Warning events; every other transition is Normal."""

@@ -12,13 +12,17 @@ from pydantic import ValidationError
 from modelops import API_VERSION, GROUP, VERSION
 from modelops.api.common import now_iso
 from modelops.api.trainingrun import TrainingRun
+from modelops.controllers.cluster import ApiError
 from modelops.controllers.main import get_settings, runtime
-from modelops.controllers.metrics import JOBS_CREATED, RUNS_FINISHED, VERSIONS_REGISTERED, observed
-from modelops.controllers.status import StatusWriter, invalid_spec
+from modelops.controllers.metrics import JOBS_CREATED, RUNS_FINISHED, VERSIONS_REGISTERED
+from modelops.controllers.status import StatusWriter, invalid_spec, reconciling
 from modelops.resources import modelversion as mv_builder
-from modelops.resources.common import MODEL_LABEL, RUN_UID_LABEL
+from modelops.resources.common import RUN_UID_LABEL
 from modelops.resources.training import (
+    evaluation,
+    failure,
     gate_failures,
+    job_failure,
     job_outcome,
     metrics_summary,
     output_uri,
@@ -27,6 +31,16 @@ from modelops.resources.training import (
 from modelops.storage import ArtifactError, Location
 
 TERMINAL = ("Succeeded", "Failed")
+REGISTER_ATTEMPTS = 20
+"""Numbers tried, each after a fresh list, before a run gives up with NoFreeVersionNumber."""
+
+
+class RegistrationError(Exception):
+    """No ModelVersion could be created; ``reason`` is the Registered condition's reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def _active(status: kopf.Status, **_: Any) -> bool:
@@ -39,7 +53,7 @@ def _active(status: kopf.Status, **_: Any) -> bool:
 async def reconcile_training_run(
     body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any
 ) -> None:
-    with observed("TrainingRun"):
+    async with reconciling("TrainingRun", body, patch):
         await _reconcile(body, patch, logger)
 
 
@@ -74,38 +88,40 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) ->
         return
     summary = await _summary(run)
     if phase == "Failed":
-        _failed(status, reason, summary)
+        _failed(status, *failure(reason, job_failure(observed_job), summary))
         return
     if not summary.get("ok"):
         raise kopf.TemporaryError("the Job succeeded but its summary is not readable yet", delay=5)
-    # 4: report, and register when the gates pass
-    metrics: dict[str, float] = summary["metrics"]
+    # 4: report (finite numbers only: the server refuses NaN), and register when the gates pass
+    result = evaluation(summary)
     status.set(
-        metrics=metrics,
-        metricsSummary=metrics_summary(metrics),
+        metrics=result.metrics,
+        metricsSummary=metrics_summary(result.metrics),
         artifact=summary["artifact"],
         profileUri=(summary.get("profile") or {}).get("uri"),
     )
     registration = run.spec.registration
-    failures = gate_failures(metrics, registration.min_metrics)
+    failures = gate_failures(result.metrics, registration.min_metrics, result.unmeasured)
     if not registration.enabled:
         status.condition("Registered", "False", "RegistrationDisabled", "register.enabled is false")
     elif failures:
         status.condition("Registered", "False", "GatesNotMet", "; ".join(failures))
     else:
-        name = await _register(run, summary, job)
-        status.set(modelVersion=name)
-        status.condition("Registered", "True", "Registered", f"registered as {name}")
-    status.set(phase="Succeeded", completionTime=now_iso(), message=metrics_summary(metrics))
-    status.condition("Ready", "True", "Succeeded", f"trained: {metrics_summary(metrics)}")
+        try:
+            name = await _register(run, summary, job)
+        except RegistrationError as exc:
+            status.condition("Registered", "False", exc.reason, str(exc))
+        else:
+            status.set(modelVersion=name)
+            status.condition("Registered", "True", "Registered", f"registered as {name}")
+    status.set(phase="Succeeded", completionTime=now_iso(), message=result.summary)
+    status.condition("Ready", "True", "Succeeded", f"trained: {result.summary}")
     RUNS_FINISHED.labels("succeeded").inc()
 
 
-def _failed(status: StatusWriter, reason: str, summary: dict[str, Any]) -> None:
-    trainer_reason = summary.get("reason")
-    message = summary.get("message") or f"training Job failed ({reason})"
+def _failed(status: StatusWriter, reason: str, message: str) -> None:
     status.set(phase="Failed", completionTime=now_iso(), message=message)
-    status.condition("Ready", "False", trainer_reason or "JobFailed", message)
+    status.condition("Ready", "False", reason, message)
     RUNS_FINISHED.labels("failed").inc()
 
 
@@ -124,24 +140,37 @@ async def _summary(run: TrainingRun) -> dict[str, Any]:
 async def _register(run: TrainingRun, summary: dict[str, Any], job: dict[str, Any]) -> str:
     """Create the next ModelVersion, exactly once per run.
 
-    The run's uid label finds a version made before a restart; the API server's name
-    uniqueness settles races between runs of the same model (the loser takes the next number).
+    The run's uid label finds a version made before a restart. Numbering reads every
+    ModelVersion of the namespace, labelled or not (one applied by hand holds its name too);
+    the API server's name uniqueness settles races between runs of the same model (the
+    loser takes the next number). Raises RegistrationError when no version can be made.
     """
     namespace = run.metadata["namespace"]
     image = job["spec"]["template"]["spec"]["containers"][0]["image"]
-    for _attempt in range(20):
-        existing = await runtime.cluster.list(
-            API_VERSION, "ModelVersion", namespace, {MODEL_LABEL: run.spec.model}
-        )
+    tried: list[str] = []
+    for _attempt in range(REGISTER_ATTEMPTS):
+        existing = await runtime.cluster.list(API_VERSION, "ModelVersion", namespace, {})
         mine = [
             mv
             for mv in existing
-            if mv["metadata"].get("labels", {}).get(RUN_UID_LABEL) == run.metadata["uid"]
+            if (mv["metadata"].get("labels") or {}).get(RUN_UID_LABEL) == run.metadata["uid"]
         ]
         if mine:
             return str(mine[0]["metadata"]["name"])
-        obj = mv_builder.model_version(run, summary, mv_builder.next_number(existing), image)
-        if await runtime.cluster.create_new(obj) is not None:
+        number = mv_builder.next_number(existing, run.spec.model)
+        obj = mv_builder.model_version(run, summary, number, image)
+        try:
+            created = await runtime.cluster.create_new(obj)
+        except ApiError as exc:
+            if exc.status not in (400, 422):
+                raise  # the world (a timeout, a 5xx): Kopf tries again
+            raise RegistrationError("RegistrationRefused", str(exc)) from None
+        if created is not None:
             VERSIONS_REGISTERED.labels(run.spec.model).inc()
             return str(obj["metadata"]["name"])
-    raise kopf.TemporaryError("could not pick a free ModelVersion number", delay=2)
+        tried.append(obj["metadata"]["name"])
+    raise RegistrationError(
+        "NoFreeVersionNumber",
+        f"no free ModelVersion name for model {run.spec.model} after {len(tried)} attempts "
+        f"(taken: {', '.join(dict.fromkeys(tried))})",
+    )

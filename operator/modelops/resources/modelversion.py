@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from modelops import API_VERSION
 from modelops.api.modelversion import ModelVersionSpec
 from modelops.api.trainingrun import TrainingRun
 from modelops.resources.common import MODEL_LABEL, RUN_UID_LABEL, labels
+from modelops.training.metrics import split_finite
 
 VERSION_LABEL = "modelops.dev/version"
 
@@ -16,9 +18,31 @@ def version_name(model: str, number: int) -> str:
     return f"{model}-v{number}"
 
 
-def next_number(existing: list[dict[str, Any]]) -> int:
-    numbers = [int(mv.get("spec", {}).get("version", 0)) for mv in existing]
-    return max(numbers, default=0) + 1
+def taken_numbers(existing: list[dict[str, Any]], model: str | None = None) -> set[int]:
+    """The version numbers of ``model`` that ``existing`` ModelVersions hold.
+
+    A number is taken by the name ``<model>-v<N>`` whatever its labels and spec say (a
+    version applied by hand has no labels), and by ``spec.version`` of a version of
+    ``model`` whatever its name. ``model=None``: every ``spec.version``.
+    """
+    pattern = re.compile(rf"{re.escape(model)}-v([0-9]+)") if model else None
+    taken: set[int] = set()
+    for mv in existing:
+        spec = mv.get("spec") or {}
+        name = str((mv.get("metadata") or {}).get("name", ""))
+        match = pattern.fullmatch(name) if pattern else None
+        if match:
+            taken.add(int(match.group(1)))
+        version = spec.get("version")
+        if (model is None or spec.get("model") == model) and isinstance(version, int):
+            taken.add(version)
+    return taken
+
+
+def next_number(existing: list[dict[str, Any]], model: str | None = None) -> int:
+    """One above the highest number taken, so numbers only grow: ``iris-v3`` after a
+    hand-made ``iris-v2``, even when ``iris-v1`` is free (newest is always highest)."""
+    return max(taken_numbers(existing, model), default=0) + 1
 
 
 def model_version(
@@ -32,7 +56,8 @@ def model_version(
             "artifact": summary["artifact"],
             "profile": summary.get("profile"),
             "signature": summary["signature"],
-            "metrics": summary["metrics"],
+            # Finite numbers only: the API server refuses NaN, and it is no measurement.
+            "metrics": split_finite(summary.get("metrics") or {})[0],
             "deletionPolicy": run.spec.registration.deletion_policy,
             "lineage": {
                 "trainingRun": meta["name"],

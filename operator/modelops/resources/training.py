@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from modelops import API_VERSION, GROUP
@@ -19,6 +21,7 @@ from modelops.resources.common import (
 )
 from modelops.settings import Settings
 from modelops.storage import run_prefix
+from modelops.training.metrics import is_finite, split_finite, unmeasured_message
 
 
 def job_name(run_name: str) -> str:
@@ -112,13 +115,49 @@ def job_outcome(job: dict[str, Any]) -> tuple[str, str]:
     return "Pending", "JobPending"
 
 
-def gate_failures(metrics: dict[str, float], gates: dict[str, float]) -> list[str]:
-    """Why the metrics miss the gates, one phrase per gate; empty when all pass."""
+def job_failure(job: dict[str, Any]) -> str:
+    """The message of a Job's ``Failed`` condition (e.g. "Job has reached the specified
+    backoff limit"), or "" when it has none."""
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Failed" and cond.get("status") == "True":
+            return str(cond.get("message") or "")
+    return ""
+
+
+def failure(job_reason: str, job_message: str, summary: Mapping[str, Any]) -> tuple[str, str]:
+    """(reason, message) of a run whose Job failed.
+
+    The trainer's own reason and message when it wrote them (MissingTarget, ...); else the
+    Job controller's (BackoffLimitExceeded, DeadlineExceeded, ...): a trainer killed by the
+    deadline, or one that never started, writes nothing.
+    """
+    reason = summary.get("reason")
+    if isinstance(reason, str) and reason and not summary.get("ok"):
+        return reason, str(summary.get("message") or f"training failed ({reason})")
+    message = f"training Job failed ({job_reason})"
+    return job_reason, f"{message}: {job_message}" if job_message else message
+
+
+def gate_failures(
+    metrics: Mapping[str, float],
+    gates: Mapping[str, float],
+    unmeasured: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Why the metrics miss the gates, one phrase per gate; empty when all pass.
+
+    A gate on a metric that could not be measured (absent, NaN, ±Infinity) fails: a guard
+    that cannot be evaluated fails closed. ``unmeasured`` gives the reason when it is known.
+    """
+    unmeasured = unmeasured or {}
     failures = []
     for name, bound in sorted(gates.items()):
         value = metrics.get(name)
-        if value is None:
+        if name in unmeasured:
+            failures.append(unmeasured[name])
+        elif value is None:
             failures.append(f"{name} was not measured")
+        elif not is_finite(value):
+            failures.append(unmeasured_message(name, value, None))
         elif name in LOWER_IS_BETTER and value > bound:
             failures.append(f"{name} {value:g} > {bound:g}")
         elif name not in LOWER_IS_BETTER and value < bound:
@@ -126,5 +165,37 @@ def gate_failures(metrics: dict[str, float], gates: dict[str, float]) -> list[st
     return failures
 
 
-def metrics_summary(metrics: dict[str, float]) -> str:
-    return " ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items()))
+def metrics_summary(metrics: Mapping[str, float]) -> str:
+    """The finite metrics on one line, e.g. ``accuracy=0.974 f1=0.973``."""
+    return " ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items()) if is_finite(v))
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A finished trainer's metrics as the operator reports them: finite numbers only."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    """What was measured; what goes into ``status.metrics`` and the ModelVersion."""
+    unmeasured: dict[str, str] = field(default_factory=dict)
+    """Each metric that has no value, and why (``r2 could not be measured (1 test row)``)."""
+
+    @property
+    def summary(self) -> str:
+        """One line for ``status.message`` and the Ready condition."""
+        parts = [metrics_summary(self.metrics) or "no metric measured"]
+        return "; ".join(parts + [self.unmeasured[k] for k in sorted(self.unmeasured)])
+
+
+def evaluation(summary: Mapping[str, Any]) -> Evaluation:
+    """The metrics of a trainer's summary, without NaN or ±Infinity whoever wrote them.
+
+    A current trainer writes finite ``metrics`` plus ``unmeasured`` reasons; an older one
+    wrote ``NaN`` into ``metrics`` (which ``json.loads`` accepts): both read the same.
+    """
+    rows = (summary.get("rows") or {}).get("test")
+    test_rows = rows if isinstance(rows, int) and not isinstance(rows, bool) else None
+    metrics, unmeasured = split_finite(summary.get("metrics") or {}, test_rows)
+    for name, why in (summary.get("unmeasured") or {}).items():
+        if str(name) not in metrics:
+            unmeasured[str(name)] = str(why)
+    return Evaluation(metrics, unmeasured)

@@ -2,7 +2,13 @@
 
 Every expected failure (missing dataset, missing target, estimator not allowed, data that
 cannot be encoded) ends with exit code 2 and a one-line reason, written to stderr, to the
-termination log and to ``summary.json`` in the store, so the operator can report it.
+termination log and to ``summary.json`` in the store, so the operator can report it. An
+unexpected exception ends with exit code 1 and is reported the same way, with reason
+``TrainingFailed``.
+
+A metric that cannot be measured (R² on one test row is NaN) is not written as if it had a
+value: ``metrics`` holds finite numbers only, and ``unmeasured`` says why each other one is
+missing. Every JSON the trainer writes is strict JSON (no NaN, no Infinity).
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ import contextlib
 import io
 import json
 import sys
+import traceback
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +29,7 @@ import skops.io as sio
 from pydantic import ValidationError
 from sklearn.base import BaseEstimator, is_classifier
 from sklearn.compose import ColumnTransformer
+from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
@@ -30,6 +39,7 @@ from modelops.api.trainingrun import TrainingRunSpec
 from modelops.drift.profile import build_profile
 from modelops.storage import ArtifactError, ArtifactStore, Location, sha256_hex
 from modelops.training.estimators import EstimatorError, build
+from modelops.training.metrics import split_finite
 
 MAX_CATEGORIES = 100
 """A text column with more distinct values than this is not treated as categorical."""
@@ -113,6 +123,7 @@ def make_model(spec: TrainingRunSpec, prepared: Prepared) -> BaseEstimator:
 
 
 def evaluate(model: Any, classifier: bool, X: Any, y: Any) -> dict[str, float]:
+    """The raw scores on the held-out rows; a score that is undefined comes out NaN."""
     predicted = model.predict(X)
     if classifier:
         return {
@@ -147,14 +158,22 @@ def train(spec: TrainingRunSpec, store: ArtifactStore, output: Location) -> dict
     X: Any = prepared.frame if prepared.categorical else prepared.frame.to_numpy(np.float64)
     y = prepared.target.to_numpy()
     stratify = y if classifier and pd.Series(y).value_counts().min() >= 2 else None
-    X_train, X_test, y_train, y_test = train_test_split(
-        X, y, test_size=spec.test_size, random_state=spec.seed, stratify=stratify
-    )
+    try:
+        X_train, X_test, y_train, y_test = train_test_split(
+            X, y, test_size=spec.test_size, random_state=spec.seed, stratify=stratify
+        )
+    except ValueError as exc:
+        raise TrainingError(
+            "InvalidDataset", f"cannot hold out testSize {spec.test_size} of {len(y)} rows: {exc}"
+        ) from None
     try:
         model.fit(X_train, y_train)
     except (TypeError, ValueError) as exc:
         raise TrainingError("InvalidParams", f"fit failed: {exc}") from None
-    metrics = evaluate(model, classifier, X_test, y_test)
+    with warnings.catch_warnings():  # an undefined score is reported below, not warned about
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        scores = evaluate(model, classifier, X_test, y_test)
+    metrics, unmeasured = split_finite(scores, len(y_test))
 
     reference = pd.DataFrame(X_train, columns=prepared.features)
     profile = build_profile(
@@ -166,12 +185,13 @@ def train(spec: TrainingRunSpec, store: ArtifactStore, output: Location) -> dict
     profile_bytes = json.dumps(profile, separators=(",", ":")).encode()
     artifact = _put(store, output, "model.skops", model_bytes)
     profile_ref = _put(store, output, "profile.json", profile_bytes)
-    store.put(Location(output.bucket, f"{output.key}/metrics.json"), json.dumps(metrics).encode())
+    store.put(Location(output.bucket, f"{output.key}/metrics.json"), _json(metrics))
     classes = [str(c) for c in getattr(model, "classes_", [])] if classifier else None
     summary: dict[str, Any] = {
         "ok": True,
         "task": "classification" if classifier else "regression",
         "metrics": metrics,
+        **({"unmeasured": unmeasured} if unmeasured else {}),
         "artifact": artifact,
         "profile": profile_ref,
         "signature": {
@@ -185,8 +205,13 @@ def train(spec: TrainingRunSpec, store: ArtifactStore, output: Location) -> dict
         "dataset": {"uri": spec.dataset.uri, "sha256": sha256_hex(raw), "rows": len(y)},
         "rows": {"train": len(y_train), "test": len(y_test)},
     }
-    store.put(Location(output.bucket, f"{output.key}/summary.json"), json.dumps(summary).encode())
+    store.put(Location(output.bucket, f"{output.key}/summary.json"), _json(summary))
     return summary
+
+
+def _json(data: Any) -> bytes:
+    """Strict JSON: a NaN or an Infinity is a bug here, never a value to store."""
+    return json.dumps(data, allow_nan=False).encode()
 
 
 def _feature(name: str, series: pd.Series, categorical: bool) -> dict[str, Any]:
@@ -205,9 +230,8 @@ def _write_termination(path: Path | None, summary: dict[str, Any]) -> None:
     if path is None:
         return
     # Kubernetes keeps at most 4096 bytes of a termination message: keep the small parts.
-    small = {
-        k: summary[k] for k in ("ok", "reason", "message", "metrics", "artifact") if k in summary
-    }
+    keys = ("ok", "reason", "message", "metrics", "unmeasured", "artifact")
+    small = {k: summary[k] for k in keys if k in summary}
     # Outside a pod the path may not exist; the store has the summary anyway.
     with contextlib.suppress(OSError):
         path.write_text(json.dumps(small)[:4096])
@@ -224,18 +248,32 @@ def main(spec_json: str, output_uri: str, termination_log: Path | None) -> int:
         store = ArtifactStore.from_env()
         summary = train(spec, store, output)
     except (TrainingError, ArtifactError) as exc:
-        failure = {"ok": False, "reason": exc.reason, "message": str(exc)}
         print(f"training failed: {exc.reason}: {exc}", file=sys.stderr)
-        if store is not None:
-            try:
-                store.put(
-                    Location(output.bucket, f"{output.key}/summary.json"),
-                    json.dumps(failure).encode(),
-                )
-            except Exception as put_exc:
-                print(f"could not store the failure summary: {put_exc}", file=sys.stderr)
-        _write_termination(termination_log, failure)
+        _report_failure(store, output, termination_log, exc.reason, str(exc))
         return 2
+    except Exception as exc:  # a bug or a surprise: still say what happened, then fail
+        traceback.print_exc()
+        message = f"{type(exc).__name__}: {exc}".replace("\n", "; ")[:1000]
+        _report_failure(store, output, termination_log, "TrainingFailed", message)
+        return 1
     _write_termination(termination_log, summary)
     print(json.dumps({k: summary[k] for k in ("metrics", "artifact")}))
     return 0
+
+
+def _report_failure(
+    store: ArtifactStore | None,
+    output: Location,
+    termination_log: Path | None,
+    reason: str,
+    message: str,
+) -> None:
+    """The failure, to the store's ``summary.json`` (where the operator reads it) and the
+    termination log (where ``kubectl describe pod`` shows it)."""
+    failure = {"ok": False, "reason": reason, "message": message}
+    if store is not None:
+        try:
+            store.put(Location(output.bucket, f"{output.key}/summary.json"), _json(failure))
+        except Exception as put_exc:
+            print(f"could not store the failure summary: {put_exc}", file=sys.stderr)
+    _write_termination(termination_log, failure)
