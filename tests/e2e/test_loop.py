@@ -151,3 +151,22 @@ def test_a_healthy_canary_is_promoted(local_cluster: LocalCluster, tmp_path: Pat
     assert result.traffic.errors() == []
     assert {a.version for a in result.after} == {"iris-b-v2"}
     assert status(result, "DriftMonitor", "iris-b-drift").get("firings", 0) == 0
+
+
+def test_no_status_field_the_controllers_wrote_was_pruned_by_the_server(
+    rollback: Result, local_cluster: LocalCluster
+) -> None:
+    """The operator counts status fields the server drops (the CRDs lack them): none."""
+    import urllib.request
+
+    url = local_cluster.service_url("modelops-operator-metrics", "modelops-system") + "/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    writes = [line for line in text.splitlines() if line.startswith("modelops_reconcile_total")]
+    assert writes, "the operator's metrics show no reconciliation"
+    pruned = [
+        line
+        for line in text.splitlines()
+        if line.startswith("modelops_status_fields_pruned_total{") and float(line.split()[-1]) > 0
+    ]
+    assert pruned == []

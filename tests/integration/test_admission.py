@@ -12,11 +12,7 @@ and their pods scheduled, but nothing is trained or served, which these tests do
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -24,135 +20,21 @@ import yaml
 
 from modelops import API_VERSION
 from modelops.controllers.cluster import Cluster
-from modelops.local.cluster import LocalCluster
 from modelops.local.s3server import S3Server
 from modelops.resources import serving
 from modelops.resources.common import child_name
-from support.models import model_version, train_version
-from support.operator import (
-    UNRUNNABLE_IMAGE,
-    OperatorProcess,
-    eventually,
-    supervised,
-    with_ca_file,
-)
+from support.cluster_fixtures import Kubectl, add_version, assert_refused_at_apply, sample
+from support.models import train_version
+from support.operator import OperatorProcess, eventually
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-SAMPLES = ROOT / "manifests" / "samples"
 LONGEST = 63
-
-Kubectl = Callable[..., subprocess.CompletedProcess[str]]
-
-
-@pytest.fixture
-def kubectl(local_cluster: LocalCluster, tmp_path: Path) -> Kubectl:
-    """``kubectl(*args, input=None)`` as cluster admin; returns the completed process."""
-    binary = shutil.which("kubectl")
-    assert binary is not None, "kubectl is needed by the local cluster itself"
-
-    def run(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
-        command = [binary, "--kubeconfig", str(local_cluster.kubeconfig)]
-        command += ["--cache-dir", str(tmp_path / "kubectl-cache"), *args]
-        return subprocess.run(
-            command, input=input, capture_output=True, text=True, timeout=60, check=False
-        )
-
-    return run
-
-
-@pytest.fixture
-def operator_kubeconfig(operator_kubeconfig: Path) -> Path:
-    """The CA in a file: the workaround for issue 11, as in test_deployment."""
-    return with_ca_file(operator_kubeconfig)
-
-
-@pytest.fixture
-async def operator_without_pods(
-    operator_kubeconfig: Path, s3: S3Server, namespace: str, tmp_path: Path
-) -> AsyncIterator[OperatorProcess]:
-    proc = OperatorProcess(
-        operator_kubeconfig,
-        s3,
-        tmp_path / "logs",
-        MODELOPS_NAMESPACES=namespace,
-        MODELOPS_RUNTIME_IMAGE=UNRUNNABLE_IMAGE,
-    )
-    with supervised(proc):
-        yield proc
 
 
 @pytest.fixture(scope="module")
 def summary(s3: S3Server) -> dict[str, Any]:
     return train_version(s3.store(), 1)
-
-
-# Gateway API is not part of Kubernetes; the operator only applies HTTPRoutes, so the
-# smallest structural CRD of the kind will do (as in test_deployment).
-HTTPROUTE_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {
-        "name": "httproutes.gateway.networking.k8s.io",
-        "annotations": {
-            "api-approved.kubernetes.io": "https://github.com/kubernetes-sigs/gateway-api/pull/2466"
-        },
-    },
-    "spec": {
-        "group": "gateway.networking.k8s.io",
-        "scope": "Namespaced",
-        "names": {
-            "kind": "HTTPRoute",
-            "listKind": "HTTPRouteList",
-            "plural": "httproutes",
-            "singular": "httproute",
-        },
-        "versions": [
-            {
-                "name": "v1",
-                "served": True,
-                "storage": True,
-                "schema": {
-                    "openAPIV3Schema": {
-                        "type": "object",
-                        "properties": {
-                            "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-                        },
-                    }
-                },
-            }
-        ],
-    },
-}
-
-
-@pytest.fixture(scope="module")
-def httproute_crd(local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Gateway API's HTTPRoute kind, as a cluster that uses gateway routing has it.
-
-    Left installed: the cluster is the package's and goes with it, and removing it here could
-    race test_deployment installing the same CRD (server-side apply: either may come first).
-    """
-    binary = shutil.which("kubectl")
-    assert binary is not None
-    base = [binary, "--kubeconfig", str(local_cluster.kubeconfig)]
-    base += ["--cache-dir", str(tmp_path_factory.mktemp("kubectl-cache"))]
-    name = HTTPROUTE_CRD["metadata"]["name"]  # type: ignore[index]
-    for args, input in (
-        (["apply", "--server-side", "--force-conflicts", "-f", "-"], json.dumps(HTTPROUTE_CRD)),
-        (["wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}"], None),
-    ):
-        done = subprocess.run(
-            [*base, *args], input=input, capture_output=True, text=True, timeout=60, check=False
-        )
-        assert done.returncode == 0, done.stderr
-
-
-def sample(name: str, namespace: str) -> dict[str, Any]:
-    doc: dict[str, Any] = yaml.safe_load((SAMPLES / name).read_text())
-    doc["metadata"]["namespace"] = namespace
-    return doc
 
 
 def named(name: str) -> Callable[[dict[str, Any]], None]:
@@ -246,11 +128,7 @@ def test_invalid_resource_is_refused_at_apply_with_its_message(
 ) -> None:
     doc = sample(name, namespace)
     break_it(doc)
-    done = kubectl("apply", "--validate=strict", "-f", "-", input=yaml.safe_dump(doc))
-    assert done.returncode != 0, f"the server accepted an invalid {name}"
-    assert message in done.stderr, done.stderr
-    kind = doc["kind"].lower() + "s.modelops.dev"
-    assert kubectl("get", kind, "-n", namespace, "-o", "name").stdout == ""
+    assert_refused_at_apply(kubectl, doc, message)
 
 
 def test_quantities_as_whole_numbers_and_equal_requests_are_accepted(
@@ -299,23 +177,6 @@ async def test_a_memory_limit_alone_gives_a_job_the_server_creates(
     assert pod["spec"]["containers"][0]["resources"] == resources_of(job)
 
 
-async def add_version(
-    cluster: Cluster, namespace: str, summary: dict[str, Any], name: str | None = None
-) -> str:
-    version = model_version(summary, 1, namespace)
-    if name is not None:
-        version["metadata"]["name"] = name
-    await cluster.create(version)
-    name = version["metadata"]["name"]
-
-    async def ready() -> bool:
-        mv = await cluster.get(API_VERSION, "ModelVersion", namespace, name)
-        return bool(mv and mv.get("status", {}).get("phase") == "Ready")
-
-    await eventually(ready, what=f"{name} Ready")
-    return name
-
-
 def iris_deployment(namespace: str, name: str = "iris", **spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": API_VERSION,
@@ -331,7 +192,7 @@ async def test_a_memory_limit_alone_gives_a_serving_deployment_the_server_create
     operator_without_pods: OperatorProcess,
     summary: dict[str, Any],
 ) -> None:
-    await add_version(cluster, namespace, summary)
+    await add_version(cluster, namespace, summary, 1)
     limits = {"memory": "512Mi", "cpu": "1"}
     await cluster.create(iris_deployment(namespace, resources={"limits": limits}))
     server = await created(cluster, "apps/v1", "Deployment", namespace, "iris-server")
@@ -351,7 +212,7 @@ async def test_every_child_of_the_longest_names_is_created(
     run["metadata"]["name"] = run_name
     await cluster.create(run)
     dep_name = "d" + "9" * (LONGEST - 1)
-    await add_version(cluster, namespace, summary)
+    await add_version(cluster, namespace, summary, 1)
     await cluster.create(iris_deployment(namespace, dep_name))
 
     job = await created(cluster, "batch/v1", "Job", namespace, child_name(run_name, "train"))
@@ -376,9 +237,9 @@ async def test_every_gateway_child_of_the_longest_names_is_created(
     namespace: str,
     operator_without_pods: OperatorProcess,
     summary: dict[str, Any],
-    httproute_crd: None,
+    gateway_api: None,
 ) -> None:
-    version = await add_version(cluster, namespace, summary, "v" * LONGEST)
+    version = await add_version(cluster, namespace, summary, 1, "v" * LONGEST)
     dep_name = "g" + "9" * (LONGEST - 1)
     gateway = {"parentRefs": [{"name": "public"}]}
     await cluster.create(iris_deployment(namespace, dep_name, routing="gateway", gateway=gateway))

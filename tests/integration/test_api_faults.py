@@ -18,7 +18,7 @@ import yaml
 from modelops import API_VERSION
 from modelops.controllers.cluster import Cluster
 from modelops.controllers.main import runtime
-from modelops.controllers.metrics import STATUS_WRITE_ERRORS
+from modelops.controllers.metrics import STATUS_FIELDS_PRUNED, STATUS_WRITE_ERRORS
 from modelops.controllers.status import reconciling
 from support.operator import OperatorProcess, condition, eventually
 
@@ -64,6 +64,20 @@ async def test_non_finite_metrics_never_reach_the_server_and_the_rest_is_written
     assert stored is not None
     assert stored["status"]["metrics"] == {"accuracy": 0.9}
     assert stored["status"]["phase"] == "Running"
+
+
+async def test_a_status_field_the_schema_lacks_is_counted_when_the_server_prunes_it(
+    as_operator: Cluster, namespace: str
+) -> None:
+    body = await created(as_operator, sample_run(namespace))
+    before = STATUS_FIELDS_PRUNED.labels("TrainingRun")._value.get()
+    patch = kopf.Patch()
+    async with reconciling("TrainingRun", body, patch):
+        patch.status["phase"] = "Running"
+        patch.status["notInTheSchema"] = {"a": 1}
+    assert STATUS_FIELDS_PRUNED.labels("TrainingRun")._value.get() == before + 1
+    stored = await as_operator.get(API_VERSION, "TrainingRun", namespace, "iris-logreg")
+    assert stored is not None and "notInTheSchema" not in stored["status"]
 
 
 async def test_a_status_the_server_refuses_becomes_a_condition_not_a_dead_timer(

@@ -13,11 +13,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import shutil
-import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -25,124 +21,20 @@ import pytest
 
 from modelops import API_VERSION
 from modelops.controllers.cluster import Cluster
-from modelops.local.cluster import LocalCluster
 from modelops.local.s3server import S3Server
 from modelops.storage import Location
-from support.models import model_version, train_version
-from support.operator import (
-    UNRUNNABLE_IMAGE,
-    OperatorProcess,
-    condition,
-    eventually,
-    supervised,
-)
+from support.cluster_fixtures import add_version
+from support.models import train_version
+from support.operator import OperatorProcess, condition, eventually
 
 pytestmark = pytest.mark.integration
 ROLLOUT_TIMEOUT = 90.0  # real serving pods start, fetch and verify the versions first
-
-# Gateway API is not part of Kubernetes: a cluster that routes through it has its CRDs. The
-# operator only applies HTTPRoutes, so the smallest structural CRD of the kind will do.
-HTTPROUTE_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {
-        "name": "httproutes.gateway.networking.k8s.io",
-        # The group ends in k8s.io: the API server asks for an approved API's annotation.
-        "annotations": {
-            "api-approved.kubernetes.io": "https://github.com/kubernetes-sigs/gateway-api/pull/2466"
-        },
-    },
-    "spec": {
-        "group": "gateway.networking.k8s.io",
-        "scope": "Namespaced",
-        "names": {
-            "kind": "HTTPRoute",
-            "listKind": "HTTPRouteList",
-            "plural": "httproutes",
-            "singular": "httproute",
-        },
-        "versions": [
-            {
-                "name": "v1",
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}},
-                "schema": {
-                    "openAPIV3Schema": {
-                        "type": "object",
-                        "properties": {
-                            "spec": {
-                                "type": "object",
-                                "x-kubernetes-preserve-unknown-fields": True,
-                            },
-                            "status": {
-                                "type": "object",
-                                "x-kubernetes-preserve-unknown-fields": True,
-                            },
-                        },
-                    }
-                },
-            }
-        ],
-    },
-}
 
 
 @pytest.fixture(scope="module")
 def summaries(s3: S3Server) -> dict[int, dict[str, Any]]:
     store = s3.store()
     return {n: train_version(store, n) for n in (1, 2, 3)}
-
-
-@pytest.fixture
-async def operator_without_pods(
-    operator_kubeconfig: Path, s3: S3Server, namespace: str, tmp_path: Path
-) -> AsyncIterator[OperatorProcess]:
-    """The real operator, but its serving pods never run: the test writes their reports."""
-    proc = OperatorProcess(
-        operator_kubeconfig,
-        s3,
-        tmp_path / "logs",
-        MODELOPS_NAMESPACES=namespace,
-        MODELOPS_RUNTIME_IMAGE=UNRUNNABLE_IMAGE,
-    )
-    with supervised(proc):
-        yield proc
-
-
-@pytest.fixture(scope="module")
-def httproute_crd(
-    local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[None]:
-    """Gateway API's HTTPRoute kind, installed as a cluster that uses gateway routing has it."""
-    binary = shutil.which("kubectl")
-    assert binary is not None
-    cache = tmp_path_factory.mktemp("kubectl-cache")
-
-    def kubectl(*args: str, input: str | None = None) -> None:
-        command = [binary, "--kubeconfig", str(local_cluster.kubeconfig), "--cache-dir", str(cache)]
-        done = subprocess.run(
-            [*command, *args], input=input, capture_output=True, text=True, timeout=60, check=False
-        )
-        assert done.returncode == 0, done.stderr
-
-    name = HTTPROUTE_CRD["metadata"]["name"]
-    kubectl("apply", "--server-side", "-f", "-", input=json.dumps(HTTPROUTE_CRD))
-    kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
-    yield
-    kubectl("delete", f"crd/{name}", "--wait=false")
-
-
-async def add_version(
-    cluster: Cluster, namespace: str, summaries: dict[int, dict[str, Any]], n: int
-) -> None:
-    await cluster.create(model_version(summaries[n], n, namespace))
-
-    async def ready() -> bool:
-        mv = await cluster.get(API_VERSION, "ModelVersion", namespace, f"iris-v{n}")
-        return bool(mv and mv.get("status", {}).get("phase") == "Ready")
-
-    await eventually(ready, what=f"iris-v{n} Ready")
 
 
 def deployment(
@@ -218,10 +110,10 @@ async def start_canary(
 ) -> None:
     """Stable iris-v1, then iris-v2 as a canary at its first step once the pods hold it:
     reported by the test (``simulate``) or by the real serving pods."""
-    await add_version(cluster, namespace, summaries, 1)
+    await add_version(cluster, namespace, summaries[1], 1)
     await cluster.create(deployment(namespace, steps))
     await wait_status(cluster, namespace, "stable iris-v1", stableVersion="iris-v1")
-    await add_version(cluster, namespace, summaries, 2)
+    await add_version(cluster, namespace, summaries[2], 2)
     await wait_status(cluster, namespace, "canary loading", canaryVersion="iris-v2", canaryWeight=0)
     if simulate:
         report_pods_loaded(s3, namespace, "iris-v1", "iris-v2")
@@ -234,7 +126,7 @@ async def test_stable_version_gets_valid_children(
     cluster: Cluster, namespace: str, operator: OperatorProcess, summaries: dict
 ) -> None:
     """Real serving pods: the children are what the real controllers and kubelet run."""
-    await add_version(cluster, namespace, summaries, 1)
+    await add_version(cluster, namespace, summaries[1], 1)
     await cluster.create(deployment(namespace))
     dep = await wait_status(cluster, namespace, "stable", phase="Stable", stableVersion="iris-v1")
     assert dep["status"]["url"] == f"http://iris.{namespace}.svc:8080/v2/models/iris"
@@ -350,12 +242,12 @@ async def test_canary_error_rate_over_the_limit_rolls_back(
     summaries: dict,
 ) -> None:
     """Simulated pods: the canary's requests and errors are one window written by hand."""
-    await add_version(cluster, namespace, summaries, 1)
+    await add_version(cluster, namespace, summaries[1], 1)
     spec = deployment(namespace, [{"weight": 30, "pause": "1h"}],
                       rollback={"maxErrorRate": 0.05, "minSamples": 50})  # fmt: skip
     await cluster.create(spec)
     await wait_status(cluster, namespace, "stable", stableVersion="iris-v1")
-    await add_version(cluster, namespace, summaries, 2)
+    await add_version(cluster, namespace, summaries[2], 2)
     await wait_status(cluster, namespace, "loading", canaryVersion="iris-v2", canaryWeight=0)
     report_pods_loaded(s3, namespace, "iris-v1", "iris-v2")
     await wait_status(cluster, namespace, "step 1", canaryWeight=30)
@@ -378,10 +270,10 @@ async def test_canary_a_pod_refuses_is_rolled_back_but_not_for_an_unreachable_st
 ) -> None:
     """Simulated pods: a real pod would load these genuine artifacts; the refusals (and the
     unreachable store) are what this test gives the operator."""
-    await add_version(cluster, namespace, summaries, 1)
+    await add_version(cluster, namespace, summaries[1], 1)
     await cluster.create(deployment(namespace, [{"weight": 20, "pause": "1h"}]))
     await wait_status(cluster, namespace, "stable", stableVersion="iris-v1")
-    await add_version(cluster, namespace, summaries, 2)
+    await add_version(cluster, namespace, summaries[2], 2)
     await wait_status(cluster, namespace, "loading", canaryVersion="iris-v2", canaryWeight=0)
     # The store unreachable from a pod may pass: the canary waits, still at weight 0.
     report_pods_loaded(s3, namespace, "iris-v1", failed={"iris-v2": "StoreUnavailable"})
@@ -397,7 +289,7 @@ async def test_canary_a_pod_refuses_is_rolled_back_but_not_for_an_unreachable_st
     assert last["reason"] == "CanaryLoadFailed"
     assert "iris-server-0: DigestMismatch" in last["message"]
     # A newer version is a new canary: the pod's refusal of iris-v2 does not speak for it.
-    await add_version(cluster, namespace, summaries, 3)
+    await add_version(cluster, namespace, summaries[3], 3)
     await wait_status(
         cluster, namespace, "next canary", canaryVersion="iris-v3", phase="Progressing"
     )
@@ -412,14 +304,14 @@ async def test_canary_a_pod_refuses_is_rolled_back_but_not_for_an_unreachable_st
 async def test_gateway_routing_weights_an_httproute_and_waits_for_the_canary_pods_only(
     cluster: Cluster,
     namespace: str,
-    httproute_crd: None,
+    gateway_api: None,
     operator_without_pods: OperatorProcess,
     s3: S3Server,
     summaries: dict,
 ) -> None:
     """Simulated pods: which pods' reports the canary waits for is the point, so the test
     decides when each version's pods report (real ones would load at once)."""
-    await add_version(cluster, namespace, summaries, 1)
+    await add_version(cluster, namespace, summaries[1], 1)
     gateway = {"parentRefs": [{"name": "public", "namespace": "gateways"}]}
     steps = [{"weight": 20, "pause": "1h"}]
     await cluster.create(deployment(namespace, steps, routing="gateway", gateway=gateway))
@@ -440,7 +332,7 @@ async def test_gateway_routing_weights_an_httproute_and_waits_for_the_canary_pod
 async def _gateway_canary(
     cluster: Cluster, namespace: str, s3: S3Server, summaries: dict, gateway: dict[str, Any]
 ) -> None:
-    await add_version(cluster, namespace, summaries, 2)
+    await add_version(cluster, namespace, summaries[2], 2)
     await wait_status(cluster, namespace, "canary loading", canaryVersion="iris-v2", canaryWeight=0)
     for kind, name in (
         ("apps/v1", "Deployment"),

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,36 +19,11 @@ from modelops import API_VERSION
 from modelops.api.crd import KINDS
 from modelops.controllers.cluster import ApiError, Cluster
 from modelops.local.cluster import LocalCluster
+from support.cluster_fixtures import SAMPLES, Kubectl, assert_refused_at_apply, sample
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-SAMPLES = ROOT / "manifests" / "samples"
 OPERATOR = "system:serviceaccount:modelops-system:modelops-operator"
-
-Kubectl = Callable[..., subprocess.CompletedProcess[str]]
-
-
-@pytest.fixture
-def kubectl(local_cluster: LocalCluster, tmp_path: Path) -> Kubectl:
-    """``kubectl(*args, input=None)`` as cluster admin; returns the completed process."""
-    binary = shutil.which("kubectl")
-    assert binary is not None, "kubectl is needed by the local cluster itself"
-
-    def run(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
-        command = [binary, "--kubeconfig", str(local_cluster.kubeconfig)]
-        command += ["--cache-dir", str(tmp_path / "kubectl-cache"), *args]
-        return subprocess.run(
-            command, input=input, capture_output=True, text=True, timeout=60, check=False
-        )
-
-    return run
-
-
-def sample(name: str, namespace: str) -> dict[str, Any]:
-    doc: dict[str, Any] = yaml.safe_load((SAMPLES / name).read_text())
-    doc["metadata"]["namespace"] = namespace
-    return doc
 
 
 def test_server_reports_a_real_kubernetes_version(local_cluster: LocalCluster) -> None:
@@ -137,11 +110,7 @@ def test_invalid_resource_is_refused_at_apply_with_the_schema_message(
 ) -> None:
     doc = sample(name, namespace)
     break_it(doc)
-    done = kubectl("apply", "--validate=strict", "-f", "-", input=yaml.safe_dump(doc))
-    assert done.returncode != 0, f"the server accepted an invalid {name}"
-    assert message in done.stderr, done.stderr
-    kind = doc["kind"].lower() + "s.modelops.dev"
-    assert kubectl("get", kind, "-n", namespace, "-o", "name").stdout == ""
+    assert_refused_at_apply(kubectl, doc, message)
 
 
 async def test_modelversion_spec_cannot_change_once_created(

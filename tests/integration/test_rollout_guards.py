@@ -21,11 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
-import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -34,18 +31,11 @@ import pytest
 from modelops import API_VERSION
 from modelops.controllers.cluster import ApiError, Cluster
 from modelops.drift import Sketch
-from modelops.local.cluster import LocalCluster
 from modelops.local.s3server import S3Server
 from modelops.storage import Location
-from support.models import iris_frame, model_version, train_version
-from support.operator import (
-    UNRUNNABLE_IMAGE,
-    OperatorProcess,
-    condition,
-    eventually,
-    supervised,
-    with_ca_file,
-)
+from support.cluster_fixtures import Kubectl, add_version
+from support.models import iris_frame, train_version
+from support.operator import OperatorProcess, condition, eventually
 
 pytestmark = pytest.mark.integration
 TIMEOUT = 90.0
@@ -54,33 +44,10 @@ FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 ACTION = "modelops.dev/action"
 
 
-@pytest.fixture
-def operator_kubeconfig(operator_kubeconfig: Path) -> Path:
-    """The operator's kubeconfig with the CA in a file: a workaround for issue 11 (see
-    ``support.operator.with_ca_file``); remove it once the operator reads inline CA data."""
-    return with_ca_file(operator_kubeconfig)
-
-
 @pytest.fixture(scope="module")
 def summaries(s3: S3Server) -> dict[int, dict[str, Any]]:
     store = s3.store()
     return {n: train_version(store, n) for n in (1, 2)}
-
-
-@pytest.fixture
-def operator_without_pods(
-    operator_kubeconfig: Path, s3: S3Server, namespace: str, tmp_path: Path
-) -> Iterator[OperatorProcess]:
-    """The real operator, but its serving pods never run: the test writes their reports."""
-    proc = OperatorProcess(
-        operator_kubeconfig,
-        s3,
-        tmp_path / "logs",
-        MODELOPS_NAMESPACES=namespace,
-        MODELOPS_RUNTIME_IMAGE=UNRUNNABLE_IMAGE,
-    )
-    with supervised(proc):
-        yield proc
 
 
 class Pods:
@@ -120,18 +87,6 @@ async def pods(s3: S3Server, namespace: str) -> AsyncIterator[Pods]:
         await task
 
 
-async def add_version(
-    cluster: Cluster, namespace: str, summaries: dict[int, dict[str, Any]], n: int
-) -> None:
-    await cluster.create(model_version(summaries[n], n, namespace))
-
-    async def ready() -> bool:
-        mv = await cluster.get(API_VERSION, "ModelVersion", namespace, f"iris-v{n}")
-        return bool(mv and mv.get("status", {}).get("phase") == "Ready")
-
-    await eventually(ready, what=f"iris-v{n} Ready")
-
-
 async def get(cluster: Cluster, namespace: str, kind: str = "Deployment") -> dict[str, Any]:
     name = "iris" if kind == "Deployment" else "iris-drift"
     obj = await cluster.get(API_VERSION, kind, namespace, name)
@@ -168,7 +123,7 @@ async def canary_loading(
     steps: list[dict[str, Any]],
 ) -> None:
     """Stable iris-v1 on two pods, then iris-v2 as a canary at weight 0, loaded by none."""
-    await add_version(cluster, namespace, summaries, 1)
+    await add_version(cluster, namespace, summaries[1], 1)
     pods.loaded = {"iris-server-0": ["iris-v1"], "iris-server-1": ["iris-v1"]}
     dep = {
         "apiVersion": API_VERSION,
@@ -178,7 +133,7 @@ async def canary_loading(
     }
     await cluster.create(dep)
     await wait_status(cluster, namespace, "stable iris-v1", stableVersion="iris-v1")
-    await add_version(cluster, namespace, summaries, 2)
+    await add_version(cluster, namespace, summaries[2], 2)
     await wait_status(cluster, namespace, "canary loading", canaryVersion="iris-v2", canaryWeight=0)
 
 
@@ -266,23 +221,6 @@ async def test_guard_that_cannot_evaluate_the_canary_holds_it_until_fixed(
     )
 
 
-@pytest.fixture
-def kubectl(local_cluster: LocalCluster, tmp_path: Path) -> Any:
-    binary = shutil.which("kubectl")
-    if binary is None:
-        pytest.skip("needs kubectl to install a ValidatingAdmissionPolicy")
-
-    def run(*args: str, input: str | None = None) -> None:
-        command = [binary, "--kubeconfig", str(local_cluster.kubeconfig),
-                   "--cache-dir", str(tmp_path / "kubectl-cache"), *args]  # fmt: skip
-        done = subprocess.run(
-            command, input=input, capture_output=True, text=True, timeout=60, check=False
-        )
-        assert done.returncode == 0, done.stderr
-
-    return run
-
-
 FROZEN = "routing table frozen by test_rollout_guards"
 
 
@@ -326,7 +264,7 @@ async def test_abort_during_failing_passes_is_kept_until_obeyed(
     operator_without_pods: OperatorProcess,
     summaries: dict[int, dict[str, Any]],
     pods: Pods,
-    kubectl: Any,
+    kubectl: Kubectl,
 ) -> None:
     """Row 9: every pass fails after it decides, when it applies the routing table, because an
     admission policy refuses the update (as a cluster's policy engine or a quota can). Before,
@@ -336,7 +274,8 @@ async def test_abort_during_failing_passes_is_kept_until_obeyed(
     await wait_status(cluster, namespace, "canary at step 1", canaryWeight=20, step=0)
     objects = freeze_routing(namespace)
     listed = {"apiVersion": "v1", "kind": "List", "items": objects}
-    kubectl("apply", "--server-side", "-f", "-", input=json.dumps(listed))
+    done = kubectl("apply", "--server-side", "-f", "-", input=json.dumps(listed))
+    assert done.returncode == 0, done.stderr
     try:
         probes = 0
 
@@ -365,7 +304,8 @@ async def test_abort_during_failing_passes_is_kept_until_obeyed(
         assert await routing(cluster, namespace) == {"iris-v1": 80, "iris-v2": 20}
     finally:
         names = [f"{o['kind'].lower()}/{o['metadata']['name']}" for o in reversed(objects)]
-        kubectl("delete", "--ignore-not-found", "--wait=false", *names)
+        done = kubectl("delete", "--ignore-not-found", "--wait=false", *names)
+        assert done.returncode == 0, done.stderr
 
     dep = await wait_status(cluster, namespace, "aborted", phase="RolledBack")
     assert dep["status"]["history"][-1]["reason"] == "ManualAbort"

@@ -21,19 +21,13 @@ from modelops import API_VERSION
 from modelops.controllers.cluster import Cluster
 from modelops.local.s3server import S3Server
 from modelops.storage import Location
-from support.operator import UNRUNNABLE_IMAGE, OperatorProcess, condition, eventually, with_ca_file
+from support.operator import UNRUNNABLE_IMAGE, OperatorProcess, condition, eventually
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAINING_TIMEOUT = 120.0  # a pod start plus a training, on a busy 2-core machine
 JOB_LABEL = "batch.kubernetes.io/job-name"
-
-
-@pytest.fixture
-def operator_kubeconfig(operator_kubeconfig: Path) -> Path:
-    """The CA in a file: the workaround for issue 11 (see ``support.operator.with_ca_file``)."""
-    return with_ca_file(operator_kubeconfig)
 
 
 def tiny_dataset(s3: S3Server, namespace: str, rows: int = 10) -> str:

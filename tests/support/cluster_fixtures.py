@@ -8,24 +8,38 @@ The local cluster runs without its operator; each test that needs one starts the
 operator process scoped to the test's namespace (``MODELOPS_NAMESPACES``), logged in with a
 token of the shipped ServiceAccount ``modelops-system/modelops-operator``, so the shipped
 ClusterRole is exactly what it may do.
+
+Also here, what several test modules share: ``kubectl`` as cluster admin, Gateway API's
+HTTPRoute kind (``gateway_api``), the shipped samples (``sample``), ``assert_refused_at_apply``
+and ``add_version``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
+import shutil
+import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
+from modelops import API_VERSION
 from modelops.controllers.cluster import ApiError, Cluster
 from modelops.local.cluster import BUCKET, SECRET, LocalCluster
 from modelops.local.s3server import S3Server
 from modelops.storage import Location
-from support.models import iris_frame
-from support.operator import OperatorProcess, eventually
+from support.models import iris_frame, model_version
+from support.operator import UNRUNNABLE_IMAGE, OperatorProcess, eventually, supervised
+
+SAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "samples"
+
+Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture(scope="package")
@@ -95,11 +109,149 @@ def operator_kubeconfig(local_cluster: LocalCluster, tmp_path: Path) -> Path:
 async def operator(
     operator_kubeconfig: Path, s3: S3Server, namespace: str, tmp_path: Path
 ) -> AsyncIterator[OperatorProcess]:
+    """The real operator, scoped to the test's namespace; its serving pods run."""
     proc = OperatorProcess(
         operator_kubeconfig, s3, tmp_path / "logs", MODELOPS_NAMESPACES=namespace
     )
-    proc.start()
-    yield proc
-    crashed = proc.starts and not proc.alive() and proc.process is not None
-    proc.stop()
-    assert not crashed, f"the operator exited by itself:\n{proc.logs()[-3000:]}"
+    with supervised(proc):
+        yield proc
+
+
+@pytest.fixture
+async def operator_without_pods(
+    operator_kubeconfig: Path, s3: S3Server, namespace: str, tmp_path: Path
+) -> AsyncIterator[OperatorProcess]:
+    """The real operator, but its serving pods never run (``UNRUNNABLE_IMAGE``): the test
+    writes their reports and windows."""
+    proc = OperatorProcess(
+        operator_kubeconfig,
+        s3,
+        tmp_path / "logs",
+        MODELOPS_NAMESPACES=namespace,
+        MODELOPS_RUNTIME_IMAGE=UNRUNNABLE_IMAGE,
+    )
+    with supervised(proc):
+        yield proc
+
+
+def _kubectl(
+    kubeconfig: Path, cache: Path, *args: str, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("kubectl")
+    assert binary is not None, "kubectl is needed by the local cluster itself"
+    command = [binary, "--kubeconfig", str(kubeconfig), "--cache-dir", str(cache), *args]
+    return subprocess.run(
+        command, input=input, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.fixture
+def kubectl(local_cluster: LocalCluster, tmp_path: Path) -> Kubectl:
+    """``kubectl(*args, input=None)`` as cluster admin; returns the completed process."""
+
+    def run(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return _kubectl(local_cluster.kubeconfig, tmp_path / "kubectl-cache", *args, input=input)
+
+    return run
+
+
+def assert_refused_at_apply(kubectl: Kubectl, doc: dict[str, Any], message: str) -> None:
+    """``kubectl apply --validate=strict`` of ``doc`` fails saying ``message``, and nothing of
+    its kind is stored in its namespace."""
+    done = kubectl("apply", "--validate=strict", "-f", "-", input=yaml.safe_dump(doc))
+    assert done.returncode != 0, f"the server accepted an invalid {doc['kind']}"
+    assert message in done.stderr, done.stderr
+    kind = doc["kind"].lower() + "s.modelops.dev"
+    namespace = doc["metadata"]["namespace"]
+    assert kubectl("get", kind, "-n", namespace, "-o", "name").stdout == ""
+
+
+# Gateway API is not part of Kubernetes: a cluster that routes through it has its CRDs. The
+# operator only applies HTTPRoutes, so the smallest structural CRD of the kind will do.
+HTTPROUTE_CRD: dict[str, Any] = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {
+        "name": "httproutes.gateway.networking.k8s.io",
+        # The group ends in k8s.io: the API server asks for an approved API's annotation.
+        "annotations": {
+            "api-approved.kubernetes.io": "https://github.com/kubernetes-sigs/gateway-api/pull/2466"
+        },
+    },
+    "spec": {
+        "group": "gateway.networking.k8s.io",
+        "scope": "Namespaced",
+        "names": {
+            "kind": "HTTPRoute",
+            "listKind": "HTTPRouteList",
+            "plural": "httproutes",
+            "singular": "httproute",
+        },
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {
+                            "spec": {
+                                "type": "object",
+                                "x-kubernetes-preserve-unknown-fields": True,
+                            },
+                            "status": {
+                                "type": "object",
+                                "x-kubernetes-preserve-unknown-fields": True,
+                            },
+                        },
+                    }
+                },
+            }
+        ],
+    },
+}
+
+
+@pytest.fixture(scope="package")
+def gateway_api(local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Gateway API's HTTPRoute kind, installed as a cluster that uses gateway routing has it.
+
+    Left installed: the cluster is the package's and goes with it, and removing it while
+    another module's tests route through it would race them.
+    """
+    cache = tmp_path_factory.mktemp("kubectl-cache")
+    name = HTTPROUTE_CRD["metadata"]["name"]
+    for args, input in (
+        (["apply", "--server-side", "--force-conflicts", "-f", "-"], json.dumps(HTTPROUTE_CRD)),
+        (["wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}"], None),
+    ):
+        done = _kubectl(local_cluster.kubeconfig, cache, *args, input=input)
+        assert done.returncode == 0, done.stderr
+
+
+def sample(name: str, namespace: str) -> dict[str, Any]:
+    """The shipped sample ``manifests/samples/<name>``, placed in ``namespace``."""
+    doc: dict[str, Any] = yaml.safe_load((SAMPLES / name).read_text())
+    doc["metadata"]["namespace"] = namespace
+    return doc
+
+
+async def add_version(
+    cluster: Cluster, namespace: str, summary: dict[str, Any], n: int, name: str | None = None
+) -> str:
+    """Create ModelVersion ``iris-v<n>`` (or ``name``) of a trained ``summary``; return its
+    name once it is Ready."""
+    version = model_version(summary, n, namespace)
+    if name is not None:
+        version["metadata"]["name"] = name
+    await cluster.create(version)
+    name = version["metadata"]["name"]
+
+    async def ready() -> bool:
+        mv = await cluster.get(API_VERSION, "ModelVersion", namespace, name)
+        return bool(mv and mv.get("status", {}).get("phase") == "Ready")
+
+    await eventually(ready, what=f"{name} Ready")
+    return name

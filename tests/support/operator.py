@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import subprocess
 import sys
@@ -12,8 +11,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
-
-import yaml
 
 from modelops.local.s3server import S3Server, free_port
 
@@ -103,27 +100,6 @@ class OperatorProcess:
 
     def __repr__(self) -> str:
         return f"OperatorProcess(starts={self.starts}, alive={self.alive()})"
-
-
-def with_ca_file(kubeconfig: Path) -> Path:
-    """The same kubeconfig with its clusters' CA in a file (``certificate-authority``).
-
-    Was the workaround for issue 11 (the operator's API client handed the kubeconfig's base64
-    ``certificate-authority-data`` to ``ssl`` as PEM); the operator reads inline CA data now
-    (``test_a_namespaced_operator_with_an_inline_ca_reconciles_within_seconds``), so new
-    tests need not use it.
-    """
-    config = yaml.safe_load(kubeconfig.read_text())
-    for i, entry in enumerate(config["clusters"]):
-        data = entry["cluster"].pop("certificate-authority-data", None)
-        if data:
-            ca = kubeconfig.with_name(f"{kubeconfig.stem}-ca-{i}.crt")
-            ca.write_bytes(base64.b64decode(data))
-            entry["cluster"]["certificate-authority"] = str(ca)
-    out = kubeconfig.with_name(f"{kubeconfig.stem}-ca-file.kubeconfig")
-    out.touch(mode=0o600, exist_ok=True)
-    out.write_text(yaml.safe_dump(config, sort_keys=False))
-    return out
 
 
 @contextmanager

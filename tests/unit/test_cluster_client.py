@@ -192,3 +192,12 @@ def test_non_finite_numbers_become_null_and_are_counted() -> None:
     clean, dropped = finite(status_)
     assert clean == {"metrics": {"r2": None, "mae": 0.5, "x": [None, 1]}, "phase": "A"}
     assert dropped == 2
+
+
+def test_pruned_fields_are_what_the_server_did_not_keep() -> None:
+    from modelops.controllers.status import pruned_fields
+
+    written = {"phase": "A", "gone": 1, "nested": {"kept": 1, "lost": 2}, "deleted": None}
+    stored = {"phase": "A", "nested": {"kept": 1}, "other": 3}
+    assert pruned_fields(written, stored) == ["status.gone", "status.nested.lost"]
+    assert pruned_fields({"list": [{"a": 1}]}, {"list": []}) == []  # lists are replaced whole

@@ -32,6 +32,11 @@ STATUS_VALUES_DROPPED = Counter(
     "Non-finite numbers (NaN, Inf) replaced by null before a status write: JSON has none",
     ["kind"],
 )
+STATUS_FIELDS_PRUNED = Counter(
+    "modelops_status_fields_pruned_total",
+    "Status fields the API server pruned (the CRD schema lacks them): a bug to report",
+    ["kind"],
+)
 VERSIONS_REGISTERED = Counter(
     "modelops_model_versions_registered_total", "ModelVersions created", ["model"]
 )

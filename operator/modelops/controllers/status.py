@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,7 +14,14 @@ from pydantic import ValidationError
 
 from modelops.api.common import ConditionStatus, get_condition, set_condition
 from modelops.controllers.cluster import ApiError
-from modelops.controllers.metrics import STATUS_VALUES_DROPPED, STATUS_WRITE_ERRORS, observed
+from modelops.controllers.metrics import (
+    STATUS_FIELDS_PRUNED,
+    STATUS_VALUES_DROPPED,
+    STATUS_WRITE_ERRORS,
+    observed,
+)
+
+logger = logging.getLogger(__name__)
 
 WARNING_REASONS = frozenset(
     {
@@ -91,6 +99,23 @@ class StatusWriter:
     def set(self, **fields: Any) -> None:
         for key, value in fields.items():
             self.patch.status[key] = value
+
+
+def pruned_fields(written: Any, stored: Any, where: str = "status") -> list[str]:
+    """Paths of fields in ``written`` (a merge patch) that ``stored`` lacks: pruned by the
+    server because the CRD's structural schema does not declare them. Nulls delete (RFC 7396)
+    and lists are replaced whole, so only objects are compared key by key."""
+    if not isinstance(written, dict) or not isinstance(stored, dict):
+        return []
+    missing = []
+    for key, value in written.items():
+        if value is None:
+            continue
+        if key not in stored:
+            missing.append(f"{where}.{key}")
+        else:
+            missing += pruned_fields(value, stored[key], f"{where}.{key}")
+    return missing
 
 
 def finite(value: Any) -> tuple[Any, int]:
@@ -171,8 +196,7 @@ async def _write_status(kind: str, body: kopf.Body, patch: kopf.Patch) -> None:
     from modelops.controllers.main import runtime  # main imports the controllers
 
     try:
-        await runtime.cluster.patch(*where, {"status": clean}, subresource="status")
-        return
+        stored = await runtime.cluster.patch(*where, {"status": clean}, subresource="status")
     except ApiError as exc:
         STATUS_WRITE_ERRORS.labels(kind, str(exc.status)).inc()
         if exc.status == 404:
@@ -180,6 +204,12 @@ async def _write_status(kind: str, body: kopf.Body, patch: kopf.Patch) -> None:
         if exc.status not in (400, 422):
             raise kopf.TemporaryError(f"status not written: {exc}", delay=2) from exc
         refused = _server_message(exc)
+    else:
+        if pruned := pruned_fields(clean, stored.get("status") or {}):
+            # The CRD's schema lacks a field the controller writes: a bug, never silent.
+            STATUS_FIELDS_PRUNED.labels(kind).inc(len(pruned))
+            logger.error("%s status fields pruned by the server: %s", kind, ", ".join(pruned))
+        return
     conditions, _ = set_condition(
         list(body.get("status", {}).get("conditions", [])),
         "Ready",
