@@ -45,7 +45,7 @@ mkdir -p "$cache"
 # -v names each package as it is compiled: a count every 100 shows progress.
 set +e
 (cd "$here" && go build -v -trimpath -ldflags "$ldflags" -o "$cache/controlplane.tmp" .) 2>&1 |
-  awk '/^go: |error|cannot|undefined/ {print; next} {n++; if (n % 100 == 0) {printf "  %d packages compiled\n", n; fflush()}}'
+  awk '/^go: |^# |\.go:[0-9]+:/ {print; next} {n++; if (n % 100 == 0) {printf "  %d packages compiled\n", n; fflush()}}'
 status=${PIPESTATUS[0]}
 set -e
 if [[ $status -ne 0 || ! -x "$cache/controlplane.tmp" ]]; then
