@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+import socket
+
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -29,3 +31,14 @@ class Settings(BaseSettings):
     """How often a Deployment checks its canary (steps, monitors, error rate)."""
     drift_poll_seconds: float = Field(default=1.0, gt=0)
     """How often DriftMonitors wake; each checks on its own spec.interval."""
+    leader_election: bool = True
+    """Hold a coordination.k8s.io Lease before reconciling (controllers/leader.py), so that
+    replicas > 1 are safe; false runs at once, as the only replica."""
+    leader_election_id: str = "modelops-operator"
+    """Name of that Lease; the operator's Role (manifests/base/rbac.yaml) names it too."""
+    pod_namespace: str = Field(default="modelops-system", validation_alias="POD_NAMESPACE")
+    """The operator's own namespace, where its Lease lives (downward API ``POD_NAMESPACE``)."""
+    pod_name: str = Field(
+        default_factory=socket.gethostname, validation_alias=AliasChoices("POD_NAME", "HOSTNAME")
+    )
+    """The pod's name (downward API ``POD_NAME``): the Lease holder's identity, plus a suffix."""

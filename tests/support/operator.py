@@ -57,6 +57,10 @@ class OperatorProcess:
             "MODELOPS_HEALTH_PORT": str(free_port()),
             "AWS_ACCESS_KEY_ID": s3.access_key,
             "AWS_SECRET_ACCESS_KEY": s3.secret_key,
+            # One operator per test namespace: nothing to elect, and a Lease shared by every
+            # test's operator would make them wait for each other (and a restarted operator for
+            # its own expired Lease). tests/faults/test_leader_election.py turns it on.
+            "MODELOPS_LEADER_ELECTION": "false",
             **env,
         }
         self.process: subprocess.Popen[bytes] | None = None

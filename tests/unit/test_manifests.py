@@ -127,12 +127,19 @@ def test_every_namespaced_object_lands_in_modelops_system(name: str) -> None:
             assert doc["metadata"].get("namespace") == "modelops-system", ident(doc)
 
 
-@pytest.mark.parametrize("overlay", ["base", *OVERLAYS])
-def test_operator_runs_as_one_recreated_replica(overlay: str) -> None:
-    # Kopf runs standalone (no peering): two operators at once would both act on every object.
+@pytest.mark.parametrize("overlay", ["base", "overlays/prod"])  # dev debugs one replica
+def test_operator_runs_two_replicas_one_leading_and_rolls_without_a_gap(overlay: str) -> None:
+    # Leader election (controllers/leader.py): only the Lease holder reconciles, so a second
+    # replica is a warm standby and a rolling update never leaves none.
     spec = _operator(overlay)["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    env = {e["name"]: e for e in spec["template"]["spec"]["containers"][0]["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
 
 
 def test_every_operator_setting_in_the_manifests_is_a_real_setting() -> None:

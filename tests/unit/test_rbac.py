@@ -3,7 +3,8 @@
 NEEDS is the table of record: each row names the (apiGroup, resources, verbs) and the code
 that needs them, either a call through the one Kubernetes client (``Call``: controllers/
 cluster.py's methods, found in the source by the AST) or a line of our code or of Kopf's
-(``Code``). The tests hold the table, the rendered ClusterRoles and the code together:
+(``Code``); a row with ``names`` is granted on those objects only (``resourceNames``). The tests
+hold the table, the rendered Roles and ClusterRoles bound to the operator and the code together:
 
 - nothing is granted that the table does not justify, and nothing in the table is missing;
 - every cited call and line exists (so the table cannot outlive the code);
@@ -38,6 +39,7 @@ METHOD_VERBS = {
     "create_new": ("create",),
     "apply": ("create", "patch"),  # server-side apply: a PATCH that creates what is absent
     "patch": ("patch",),
+    "replace": ("update",),
     "delete": ("delete",),
 }
 """API verbs of each controllers/cluster.py Cluster method."""
@@ -67,6 +69,8 @@ class Need:
     resources: tuple[str, ...]
     verbs: tuple[str, ...]
     because: tuple[Call | Code, ...]
+    names: tuple[str, ...] = ()
+    """``resourceNames`` of the grant; empty: every object of the resources."""
 
 
 KINDS = ("trainingruns", "modelversions", "deployments", "driftmonitors")
@@ -250,17 +254,44 @@ NEEDS: tuple[Need, ...] = (
         ("create", "get"),
         (Call("controllers/driftmonitor.py", "_retrain", "create"),),
     ),
+    # --- Leader election (controllers/leader.py, a Role in modelops-system) --------------------
+    # The Lease is read, then renewed or taken by a PUT with its resourceVersion (verb update),
+    # by its name: MODELOPS_LEADER_ELECTION_ID's default.
+    Need(
+        "coordination.k8s.io",
+        ("leases",),
+        ("get", "update"),
+        (
+            Code("controllers/leader.py", 'await self.cluster.get(LEASE_API, "Lease"'),
+            Code("controllers/leader.py", "await self.cluster.replace(lease)"),
+            Code("settings.py", 'leader_election_id: str = "modelops-operator"'),
+        ),
+        names=("modelops-operator",),
+    ),
+    # The first replica creates it; a create cannot be limited by resourceNames (the POST goes
+    # to the collection, so the authorizer sees no name).
+    Need(
+        "coordination.k8s.io",
+        ("leases",),
+        ("create",),
+        (Code("controllers/leader.py", "await self.cluster.create_new(body)"),),
+    ),
 )
 
-Triple = tuple[str, str, str]
+Triple = tuple[str, str, str, str]
+"""(apiGroup, resource, verb, resource name): the name is empty for every object."""
 
 
-def _triples(group: str, resources: tuple[str, ...] | list[str], verbs: Any) -> set[Triple]:
-    return {(group, r, v) for r in resources for v in verbs}
+def _triples(
+    group: str, resources: tuple[str, ...] | list[str], verbs: Any, names: Any = ()
+) -> set[Triple]:
+    return {(group, r, v, n) for r in resources for v in verbs for n in names or ("",)}
 
 
 def table() -> set[Triple]:
-    return {t for need in NEEDS for t in _triples(need.group, need.resources, need.verbs)}
+    return {
+        t for need in NEEDS for t in _triples(need.group, need.resources, need.verbs, need.names)
+    }
 
 
 def _roles_of_the_operator(docs: list[Doc]) -> list[Doc]:
@@ -282,9 +313,10 @@ def granted(overlay: str = "overlays/prod") -> set[Triple]:
     found: set[Triple] = set()
     for role in _roles_of_the_operator(rendered(overlay)):
         for rule in role["rules"]:
-            assert "resourceNames" not in rule and "nonResourceURLs" not in rule, rule
+            assert "nonResourceURLs" not in rule, rule
             for group in rule["apiGroups"]:
-                found |= _triples(group, rule["resources"], rule["verbs"])
+                names = rule.get("resourceNames", ())
+                found |= _triples(group, rule["resources"], rule["verbs"], names)
     return found
 
 
@@ -380,7 +412,12 @@ def test_every_kind_a_builder_makes_is_granted_the_verbs_that_write_it(builder: 
 def test_operator_roles_are_bound_to_its_service_account_cluster_wide() -> None:
     docs = rendered("overlays/prod")
     names = {d["metadata"]["name"] for d in _roles_of_the_operator(docs)}
-    assert names == {"modelops-operator", "modelops-operator-cluster"}
+    # (and the leader-election Role, bound in the operator's own namespace only)
+    assert names == {
+        "modelops-operator",
+        "modelops-operator-cluster",
+        "modelops-operator-leader-election",
+    }
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == SERVICE_ACCOUNT[1]
 

@@ -44,6 +44,7 @@ _PLURALS = {
     "Namespace": "namespaces",
     "ResourceQuota": "resourcequotas",
     "Event": "events",
+    "Lease": "leases",
     "TrainingRun": "trainingruns",
     "ModelVersion": "modelversions",
     "DriftMonitor": "driftmonitors",
@@ -288,6 +289,13 @@ class Cluster:
         return await self._call(
             "PATCH", url, json=body, content_type="application/merge-patch+json"
         )
+
+    async def replace(self, obj: JsonDict) -> JsonDict:
+        """PUT the whole object (verb ``update``); with ``metadata.resourceVersion`` set, the
+        server refuses it with 409 when the object changed since it was read."""
+        meta = obj["metadata"]
+        url = path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
+        return await self._call("PUT", url, json=obj)
 
     async def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
         try:

@@ -12,6 +12,7 @@ import kopf
 from prometheus_client import start_http_server
 
 from modelops import GROUP
+from modelops.controllers import leader
 from modelops.controllers.cluster import Cluster
 from modelops.settings import Settings
 from modelops.storage import ArtifactStore
@@ -99,10 +100,30 @@ def run_operator(*, verbose: bool = False) -> int:
     )
     namespaces = [n for n in config.namespaces.split(",") if n]
     liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None
-    kopf.run(
-        standalone=True,
-        clusterwide=not namespaces,
-        namespaces=namespaces,
-        liveness_endpoint=liveness,
+
+    async def operate(stop: asyncio.Event) -> None:
+        await kopf.operator(
+            standalone=True,
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            liveness_endpoint=liveness,
+            stop_flag=stop,
+        )
+
+    if not config.leader_election:  # the only replica: reconcile at once
+        kopf.run(
+            standalone=True,
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            liveness_endpoint=liveness,
+        )
+        return 0
+    return asyncio.run(
+        leader.run_as_leader(
+            operate,
+            namespace=config.pod_namespace,
+            name=config.leader_election_id,
+            pod_name=config.pod_name,
+            health_port=config.health_port,
+        )
     )
-    return 0

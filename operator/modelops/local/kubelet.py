@@ -589,6 +589,7 @@ class ProcessKubelet:
         entrypoint = self.config.images[container.get("image", "")]
         command = [expand(arg, env) for arg in local_command(container, entrypoint)]
         command = self._rewrite_ports(command, ports)
+        env = self._rewrite_port_env(env, container, ports)
         log_path = container.get("terminationMessagePath", "/dev/termination-log")
         termination_log = workdir / "termination-log"
         # The executable is this machine's already (local_command); only the arguments move.
@@ -725,6 +726,23 @@ class ProcessKubelet:
                 arg = f"--port={ports.setdefault(int(arg[7:]), free_port())}"
             out.append(arg)
             i += 1
+        return out
+
+    @staticmethod
+    def _rewrite_port_env(
+        env: dict[str, str], container: Mapping[str, Any], ports: dict[int, int]
+    ) -> dict[str, str]:
+        """``*_PORT`` variables naming a declared containerPort move with it to a free port.
+
+        Processes share this machine's loopback: two pods (or two local clusters) must not
+        both listen on 8080. The port is taken from ``ports`` when ``--port`` already moved
+        it, else chosen here; probes and Services then find it through ``ports``.
+        """
+        declared = {int(p["containerPort"]) for p in container.get("ports", [])}
+        out = dict(env)
+        for name, value in env.items():
+            if name.endswith("_PORT") and value.isdigit() and int(value) in declared:
+                out[name] = str(ports.setdefault(int(value), free_port()))
         return out
 
     def _translate(self, text: str, mounts: Mapping[str, str]) -> str:
