@@ -213,22 +213,28 @@ HTTPROUTE_CRD: dict[str, Any] = {
     },
 }
 
+# The GRPCRoute beside it (the same model over gRPC): the same CRD but for its names.
+GRPCROUTE_CRD: dict[str, Any] = json.loads(
+    json.dumps(HTTPROUTE_CRD).replace("HTTPRoute", "GRPCRoute").replace("httproute", "grpcroute")
+)
+
 
 @pytest.fixture(scope="package")
 def gateway_api(local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Gateway API's HTTPRoute kind, installed as a cluster that uses gateway routing has it.
+    """Gateway API's HTTPRoute and GRPCRoute kinds, as a cluster using gateway routing has them.
 
     Left installed: the cluster is the package's and goes with it, and removing it while
     another module's tests route through it would race them.
     """
     cache = tmp_path_factory.mktemp("kubectl-cache")
-    name = HTTPROUTE_CRD["metadata"]["name"]
-    for args, input in (
-        (["apply", "--server-side", "--force-conflicts", "-f", "-"], json.dumps(HTTPROUTE_CRD)),
-        (["wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}"], None),
-    ):
-        done = _kubectl(local_cluster.kubeconfig, cache, *args, input=input)
-        assert done.returncode == 0, done.stderr
+    for crd in (HTTPROUTE_CRD, GRPCROUTE_CRD):
+        name = crd["metadata"]["name"]
+        for args, input in (
+            (["apply", "--server-side", "--force-conflicts", "-f", "-"], json.dumps(crd)),
+            (["wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}"], None),
+        ):
+            done = _kubectl(local_cluster.kubeconfig, cache, *args, input=input)
+            assert done.returncode == 0, done.stderr
 
 
 def sample(name: str, namespace: str) -> dict[str, Any]:

@@ -362,6 +362,28 @@ EXTRA_SCHEMAS: dict[tuple[str, str], Doc] = {
 }
 
 
+def _grpc_route_schema() -> Doc:
+    """Gateway API's GRPCRoute: an HTTPRoute whose matches name a gRPC service/method."""
+    schema = copy.deepcopy(EXTRA_SCHEMAS[("gateway.networking.k8s.io/v1", "HTTPRoute")])
+    rule = schema["properties"]["spec"]["properties"]["rules"]["items"]["properties"]
+    rule["matches"]["items"]["properties"] = {
+        "method": {
+            "type": "object",
+            "additionalProperties": False,
+            "anyOf": [{"required": ["service"]}, {"required": ["method"]}],
+            "properties": {
+                "type": {"enum": ["Exact", "RegularExpression"]},
+                "service": {"type": "string", "minLength": 1, "maxLength": 1024},
+                "method": {"type": "string", "minLength": 1, "maxLength": 1024},
+            },
+        }
+    }
+    return schema
+
+
+EXTRA_SCHEMAS[("gateway.networking.k8s.io/v1", "GRPCRoute")] = _grpc_route_schema()
+
+
 @functools.cache
 def crd_validator() -> CrdValidator:
     return CrdValidator()
@@ -473,6 +495,15 @@ def _serving(routing: str) -> list[Doc]:
     return serving.children(dep, routes, _settings())
 
 
+def _autoscaled(routing: str) -> list[Doc]:
+    from modelops.api.deployment import Deployment
+    from modelops.resources import autoscaling
+
+    doc = _sample("deployment-iris.yaml")
+    doc["spec"]["autoscaling"] = {"minReplicas": 2, "maxReplicas": 4}
+    return autoscaling.autoscaled(Deployment.model_validate(doc), _serving(routing))
+
+
 BUILDERS: tuple[Builder, ...] = (
     Builder("training_job", _training_job, "controllers/trainingrun.py", "create"),
     Builder("model_version", _model_version, "controllers/trainingrun.py", "create_new"),
@@ -482,6 +513,12 @@ BUILDERS: tuple[Builder, ...] = (
     Builder(
         "serving.children[gateway]",
         lambda: _serving("gateway"),
+        "controllers/deployment.py",
+        "apply",
+    ),
+    Builder(
+        "serving.children[model]+autoscaling",
+        lambda: _autoscaled("model"),
         "controllers/deployment.py",
         "apply",
     ),

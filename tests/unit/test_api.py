@@ -82,3 +82,33 @@ def test_a_training_run_name_may_start_with_a_digit_but_not_exceed_63_characters
     for bad in ("i" * 64, "iris.logreg"):
         with pytest.raises(ValidationError, match=r"DNS label of at most 63"):
             TrainingRun.model_validate({"metadata": {"name": bad}, "spec": spec})
+
+
+def test_autoscaling_with_max_below_min_is_invalid() -> None:
+    spec = {"model": "iris", "autoscaling": {"minReplicas": 3, "maxReplicas": 2}}
+    with pytest.raises(ValidationError, match=r"maxReplicas must be at least minReplicas: 2 < 3"):
+        DeploymentSpec.model_validate(spec)
+
+
+def test_autoscaling_defaults_to_one_pod_at_least_and_80_percent_cpu() -> None:
+    spec = DeploymentSpec.model_validate({"model": "iris", "autoscaling": {"maxReplicas": 4}})
+    assert spec.autoscaling is not None
+    assert spec.autoscaling.wire() == {
+        "minReplicas": 1,
+        "maxReplicas": 4,
+        "targetCPUUtilization": 80,
+    }
+
+
+@pytest.mark.parametrize(
+    "autoscaling",
+    [
+        {"minReplicas": 0, "maxReplicas": 2},
+        {"maxReplicas": 2, "targetCPUUtilization": 0},
+        {"maxReplicas": 2, "targetCPUUtilization": 101},
+        {"minReplicas": 2},
+    ],
+)
+def test_autoscaling_out_of_bounds_is_invalid(autoscaling: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        DeploymentSpec.model_validate({"model": "iris", "autoscaling": autoscaling})

@@ -20,7 +20,7 @@ from modelops.api.common import (
 )
 from modelops.api.deployment import Deployment
 from modelops.api.trainingrun import TrainingRun
-from modelops.resources import serving
+from modelops.resources import autoscaling, serving
 from modelops.resources.common import child_name, with_defaults
 from modelops.resources.modelversion import model_version, next_number
 from modelops.resources.serving import Route
@@ -261,3 +261,126 @@ def test_the_retrain_run_of_the_longest_monitor_name_is_a_valid_training_run_nam
     name = run["metadata"]["name"]
     assert len(name) <= 63 and DNS_LABEL.fullmatch(name) and name.endswith("-retrain-12")
     assert run["metadata"]["labels"]["modelops.dev/drift-monitor"] == monitor
+
+
+def _by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+AUTOSCALING = {"minReplicas": 2, "maxReplicas": 4, "targetCPUUtilization": 60}
+
+
+def test_without_autoscaling_the_children_are_left_as_they_are() -> None:
+    dep = iris_deployment()
+    objects = serving.children(dep, iris_routes("iris-v1"), SETTINGS)
+    assert autoscaling.autoscaled(dep, objects) == objects
+    assert _by_kind(objects, "Deployment")[0]["spec"]["replicas"] == 2
+
+
+def test_autoscaling_leaves_replicas_to_an_autoscaler_of_the_server() -> None:
+    dep = iris_deployment(autoscaling=AUTOSCALING)
+    objects = autoscaling.autoscaled(
+        dep, serving.children(dep, iris_routes("iris-v1", "iris-v2"), SETTINGS)
+    )
+    [server] = _by_kind(objects, "Deployment")
+    [hpa] = _by_kind(objects, "HorizontalPodAutoscaler")
+    assert "replicas" not in server["spec"]
+    assert hpa == {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {
+            "name": "iris-server",
+            "namespace": "ml",
+            "labels": server["metadata"]["labels"],
+        },
+        "spec": {
+            "scaleTargetRef": {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "name": "iris-server",
+            },
+            "minReplicas": 2,
+            "maxReplicas": 4,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {"type": "Utilization", "averageUtilization": 60},
+                    },
+                }
+            ],
+        },
+    }
+    for version in ("1.30", "1.35"):
+        kubernetes_validate.validate(hpa, version, strict=True)
+        kubernetes_validate.validate(server, version, strict=True)
+
+
+def test_gateway_routing_autoscales_each_version_on_its_own() -> None:
+    dep = iris_deployment(
+        autoscaling=AUTOSCALING, routing="gateway", gateway={"parentRefs": [{"name": "public"}]}
+    )
+    objects = autoscaling.autoscaled(
+        dep, serving.children(dep, iris_routes("iris-v1", "iris-v2"), SETTINGS)
+    )
+    servers = {d["metadata"]["name"] for d in _by_kind(objects, "Deployment")}
+    targets = {
+        h["spec"]["scaleTargetRef"]["name"] for h in _by_kind(objects, "HorizontalPodAutoscaler")
+    }
+    assert servers == targets == {"iris-iris-v1-server", "iris-iris-v2-server"}
+    assert all("replicas" not in d["spec"] for d in _by_kind(objects, "Deployment"))
+
+
+@pytest.mark.parametrize(
+    "resources", [{}, {"requests": {"memory": "1Gi"}}, {"limits": {"memory": "1Gi"}}]
+)
+def test_every_autoscaled_container_requests_cpu_as_a_utilization_target_needs(
+    resources: dict[str, Any],
+) -> None:
+    dep = iris_deployment(autoscaling=AUTOSCALING, resources=resources)
+    objects = autoscaling.autoscaled(dep, serving.children(dep, iris_routes("iris-v1"), SETTINGS))
+    for server in _by_kind(objects, "Deployment"):
+        for container in server["spec"]["template"]["spec"]["containers"]:
+            assert parse_quantity(container["resources"]["requests"]["cpu"]) > 0
+
+
+def test_the_autoscaler_of_the_longest_deployment_name_is_named_as_its_target() -> None:
+    dep = iris_deployment("d" + "9" * 62, autoscaling=AUTOSCALING)
+    objects = autoscaling.autoscaled(dep, serving.children(dep, iris_routes("v" * 63), SETTINGS))
+    _assert_names_fit(objects)
+    [hpa] = _by_kind(objects, "HorizontalPodAutoscaler")
+    assert hpa["metadata"]["name"] == hpa["spec"]["scaleTargetRef"]["name"]
+
+
+def test_gateway_routing_routes_grpc_with_the_http_weights() -> None:
+    dep = iris_deployment(routing="gateway", gateway={"parentRefs": [{"name": "public"}]})
+    objects = serving.children(dep, iris_routes("iris-v1", "iris-v2"), SETTINGS)
+    [http] = _by_kind(objects, "HTTPRoute")
+    [grpc] = _by_kind(objects, "GRPCRoute")
+    assert grpc["apiVersion"] == "gateway.networking.k8s.io/v1"
+    assert grpc["spec"]["parentRefs"] == http["spec"]["parentRefs"]
+    [rule] = grpc["spec"]["rules"]
+    assert rule["matches"] == [
+        {"method": {"type": "Exact", "service": "inference.GRPCInferenceService"}}
+    ]
+    weights = [(b["name"], b["weight"]) for b in http["spec"]["rules"][0]["backendRefs"]]
+    assert [(b["name"], b["weight"]) for b in rule["backendRefs"]] == weights
+    assert {b["port"] for b in rule["backendRefs"]} == {serving.GRPC_PORT}
+
+
+@pytest.mark.parametrize("routing", ["model", "gateway"])
+def test_servers_and_services_expose_a_grpc_port_over_h2c(routing: str) -> None:
+    dep = iris_deployment(routing=routing, gateway={"parentRefs": [{"name": "public"}]})
+    objects = serving.children(dep, iris_routes("iris-v1", "iris-v2"), SETTINGS)
+    for server in _by_kind(objects, "Deployment"):
+        [container] = server["spec"]["template"]["spec"]["containers"]
+        assert {"name": "grpc", "containerPort": serving.GRPC_PORT, "protocol": "TCP"} in container[
+            "ports"
+        ]
+        assert container["args"][-2:] == ["--grpc-port", str(serving.GRPC_PORT)]
+    for svc in _by_kind(objects, "Service"):
+        [grpc] = [p for p in svc["spec"]["ports"] if p["name"] == "grpc"]
+        assert grpc["targetPort"] == "grpc" and grpc["appProtocol"] == "kubernetes.io/h2c"
+    if routing == "model":
+        assert not _by_kind(objects, "GRPCRoute")

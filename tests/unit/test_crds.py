@@ -196,3 +196,36 @@ def test_quantities_may_be_whole_numbers_or_strings(validator: CrdValidator) -> 
     assert validator.errors(dep) == []
     dep["spec"]["resources"]["requests"]["cpu"] = 0.5  # as the server: write "0.5" or 500m
     assert validator.errors(dep) != []
+
+
+def test_autoscaling_with_max_below_min_is_refused(validator: CrdValidator) -> None:
+    dep = _sample("deployment-iris.yaml")
+    dep["spec"]["autoscaling"] = {"minReplicas": 3, "maxReplicas": 2}
+    assert validator.errors(dep) == [
+        ".spec.autoscaling: autoscaling.maxReplicas must be at least minReplicas"
+    ]
+    dep["spec"]["autoscaling"] = {"minReplicas": 2, "maxReplicas": 2, "targetCPUUtilization": 50}
+    assert validator.errors(dep) == []
+
+
+@pytest.mark.parametrize(
+    ("autoscaling", "message"),
+    [
+        ({"minReplicas": 0, "maxReplicas": 2}, "0 is less than the minimum of 1"),
+        ({"maxReplicas": 2, "targetCPUUtilization": 0}, "0 is less than the minimum of 1"),
+        ({"maxReplicas": 2, "targetCPUUtilization": 101}, "101 is greater than the maximum of 100"),
+        ({"minReplicas": 1}, "'maxReplicas' is a required property"),
+    ],
+)
+def test_autoscaling_out_of_bounds_is_refused(
+    validator: CrdValidator, autoscaling: dict, message: str
+) -> None:
+    dep = _sample("deployment-iris.yaml")
+    dep["spec"]["autoscaling"] = autoscaling
+    assert any(message in e for e in validator.errors(dep)), validator.errors(dep)
+
+
+def test_deployment_prints_its_desired_replicas() -> None:
+    [deployments] = [k for k in KINDS if k.kind == "Deployment"]
+    columns = crd(deployments)["spec"]["versions"][0]["additionalPrinterColumns"]
+    assert {"name": "Desired", "type": "integer", "jsonPath": ".status.desiredReplicas"} in columns

@@ -192,13 +192,14 @@ NEEDS: tuple[Need, ...] = (
             ("rbac.authorization.k8s.io", "roles"),
             ("rbac.authorization.k8s.io", "rolebindings"),
             ("gateway.networking.k8s.io", "httproutes"),
+            ("gateway.networking.k8s.io", "grpcroutes"),
         )
     ),
     Need(
         "apps",
         ("deployments",),
         ("get",),
-        (Call("controllers/deployment.py", "_ready_replicas", "get"),),
+        (Call("controllers/deployment.py", "_replicas", "get"),),
     ),
     Need(
         "",
@@ -220,7 +221,30 @@ NEEDS: tuple[Need, ...] = (
     ),
     Need(
         "gateway.networking.k8s.io",
-        ("httproutes",),
+        ("httproutes", "grpcroutes"),
+        ("list", "delete"),
+        (
+            Call("controllers/deployment.py", "_prune", "list"),
+            Call("controllers/deployment.py", "_prune", "delete"),
+        ),
+    ),
+    # spec.autoscaling: an autoscaler per serving Deployment (resources/autoscaling.py), applied,
+    # read for the replicas in status, and pruned once autoscaling is removed.
+    Need(
+        "autoscaling",
+        ("horizontalpodautoscalers",),
+        ("create", "patch"),
+        (Call("controllers/deployment.py", "_reconcile", "apply"),),
+    ),
+    Need(
+        "autoscaling",
+        ("horizontalpodautoscalers",),
+        ("get",),
+        (Call("controllers/deployment.py", "_replicas", "get"),),
+    ),
+    Need(
+        "autoscaling",
+        ("horizontalpodautoscalers",),
         ("list", "delete"),
         (
             Call("controllers/deployment.py", "_prune", "list"),

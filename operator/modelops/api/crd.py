@@ -74,6 +74,7 @@ KINDS: tuple[Kind, ...] = (
             ("Weight", "integer", ".status.canaryWeight"),
             ("Phase", "string", ".status.phase"),
             ("Ready", "integer", ".status.readyReplicas"),
+            ("Desired", "integer", ".status.desiredReplicas"),
         ),
     ),
     Kind(

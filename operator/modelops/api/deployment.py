@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from modelops.api.common import (
     CONDITIONS_FIELD,
@@ -76,6 +76,35 @@ class Gateway(Model):
     parent_refs: list[ParentRef] = Field(min_length=1)
 
 
+AUTOSCALING_BOUNDS = "autoscaling.maxReplicas must be at least minReplicas"
+
+
+class Autoscaling(Model):
+    """A HorizontalPodAutoscaler on CPU per serving Deployment; it then owns their replicas."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "self.maxReplicas >= self.minReplicas", "message": AUTOSCALING_BOUNDS}
+            ]
+        }
+    )
+
+    min_replicas: int = Field(default=1, ge=1, le=100)
+    """Fewest serving pods (per version in ``gateway`` routing)."""
+    max_replicas: int = Field(ge=1, le=100)
+    """Most serving pods (per version in ``gateway`` routing); at least ``minReplicas``."""
+    target_cpu_utilization: int = Field(default=80, ge=1, le=100, alias="targetCPUUtilization")
+    """Average CPU use, in percent of the pods' CPU request, the autoscaler aims at."""
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> Autoscaling:
+        # The CRD's CEL rule says the same; this catches objects that bypassed admission.
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"{AUTOSCALING_BOUNDS}: {self.max_replicas} < {self.min_replicas}")
+        return self
+
+
 class DeploymentSpec(Model):
     model: str = Field(pattern=NAME_PATTERN, max_length=40)
     stable: Stable = Field(default_factory=Stable)
@@ -84,6 +113,8 @@ class DeploymentSpec(Model):
     """Minimum metrics a version needs to be chosen as ``latest``."""
     rollback: Rollback = Field(default_factory=Rollback)
     replicas: int = Field(default=1, ge=0, le=100)
+    """Serving pods (per version in ``gateway`` routing); ignored with ``autoscaling``."""
+    autoscaling: Autoscaling | None = None
     resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
     image: str | None = None
     """Server image; the operator's default runtime image when omitted."""
@@ -118,6 +149,10 @@ class DeploymentStatus(Model):
     step_started_at: str | None = None
     rejected_versions: list[str] = Field(default_factory=list)
     ready_replicas: int | None = None
+    replicas: int | None = None
+    """Serving pods now: the autoscaler's currentReplicas, else the apps Deployment's."""
+    desired_replicas: int | None = None
+    """Serving pods wanted: the autoscaler's desiredReplicas, else the apps Deployment's."""
     url: str | None = None
     history: list[HistoryEntry] = Field(default_factory=list)
     message: str | None = None

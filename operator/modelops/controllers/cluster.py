@@ -40,6 +40,8 @@ _PLURALS = {
     "RoleBinding": "rolebindings",
     "ServiceAccount": "serviceaccounts",
     "HTTPRoute": "httproutes",
+    "GRPCRoute": "grpcroutes",
+    "HorizontalPodAutoscaler": "horizontalpodautoscalers",
     "Pod": "pods",
     "Namespace": "namespaces",
     "ResourceQuota": "resourcequotas",

@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -17,7 +18,7 @@ from modelops.api.deployment import Deployment
 from modelops.controllers.main import get_settings, runtime
 from modelops.controllers.metrics import CANARY_WEIGHT, ROLLBACKS
 from modelops.controllers.status import StatusWriter, invalid_spec, reconciling
-from modelops.resources import serving
+from modelops.resources import autoscaling, serving
 from modelops.rollout import (
     GUARD_UNKNOWN,
     HISTORY_LIMIT,
@@ -100,14 +101,16 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) ->
 
     # 4: own and apply the children
     routes = [serving.Route(v, role, w, specs[v]["spec"]) for v, role, w in result.routes()]
-    ready_replicas = None
+    replicas = Replicas()
     if routes:
-        wanted = serving.children(dep, routes, get_settings())
+        # with spec.autoscaling, replicas are left to an autoscaler per serving Deployment
+        wanted = autoscaling.autoscaled(dep, serving.children(dep, routes, get_settings()))
         for child in wanted:
             kopf.adopt(child, owner=body)
             await runtime.cluster.apply(child)
-        await _prune(dep, {c["metadata"]["name"] for c in wanted})
-        ready_replicas = await _ready_replicas(dep, [v for v, _, _ in result.routes()])
+        await _prune(dep, {(c["kind"], c["metadata"]["name"]) for c in wanted})
+        replicas = await _replicas(dep, [v for v, _, _ in result.routes()])
+    ready_replicas = replicas.ready
 
     # 5: report
     for event in result.events:
@@ -127,6 +130,8 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) ->
         stepStartedAt=iso(new.step_started) if new.step_started else None,
         rejectedVersions=list(new.rejected),
         readyReplicas=ready_replicas,
+        replicas=replicas.current,
+        desiredReplicas=replicas.desired,
         url=serving.url(dep) if dep.spec.routing == "model" else None,
         message=result.waiting or (result.events[-1].message if result.events else None),
     )
@@ -162,12 +167,13 @@ def _conditions(status: StatusWriter, dep: Deployment, result: Plan, ready: int 
         status.condition("Progressing", "True", "WaitingForVersion", waiting, event=False)
         status.condition("Degraded", "False", "NoReadyVersion", waiting, event=False)
         return
-    serving_ok = ready is not None and ready >= dep.spec.replicas
-    if serving_ok:
+    scaling = dep.spec.autoscaling
+    wanted = scaling.min_replicas if scaling else dep.spec.replicas
+    if ready is not None and ready >= wanted:
         status.condition("Ready", "True", "Serving", f"{stable} served", event=False)
     else:
         status.condition(
-            "Ready", "False", "PodsNotReady", f"{ready or 0}/{dep.spec.replicas} ready", event=False
+            "Ready", "False", "PodsNotReady", f"{ready or 0}/{wanted} ready", event=False
         )
     if phase == "Progressing" and result.reason == GUARD_UNKNOWN:
         status.condition("Progressing", "False", GUARD_UNKNOWN, waiting)  # an Event: held
@@ -271,23 +277,47 @@ async def _canary_counts(namespace: str, deployment: str, state: State) -> dict[
     return {"canary_requests": requests, "canary_errors": errors}
 
 
-async def _ready_replicas(dep: Deployment, versions: list[str]) -> int:
-    """Ready serving pods: of the one server (model routing) or the fewest of any version."""
+@dataclass(frozen=True)
+class Replicas:
+    """Serving pods ready, there now and wanted (None: no serving Deployment yet)."""
+
+    ready: int | None = None
+    current: int | None = None
+    desired: int | None = None
+
+
+async def _replicas(dep: Deployment, versions: list[str]) -> Replicas:
+    """Serving pods of the one server (model routing) or the fewest of any version: ready ones
+    from the apps Deployment; current and desired from its autoscaler once that has a status,
+    else from the apps Deployment (its status, and its spec)."""
     name, namespace = dep.metadata["name"], dep.metadata["namespace"]
     names = (
         [serving.server_name(name)]
         if dep.spec.routing == "model"
         else [serving.server_name(name, v) for v in versions]
     )
-    counts = []
+    ready, current, desired = [], [], []
     for server in names:
-        obj = await runtime.cluster.get("apps/v1", "Deployment", namespace, server)
-        counts.append(int((obj or {}).get("status", {}).get("readyReplicas") or 0))
-    return min(counts, default=0)
+        obj = await runtime.cluster.get("apps/v1", "Deployment", namespace, server) or {}
+        hpa = None
+        if dep.spec.autoscaling is not None:
+            hpa = await runtime.cluster.get(
+                "autoscaling/v2", "HorizontalPodAutoscaler", namespace, server
+            )
+        scaled = (hpa or {}).get("status") or {}
+        ready.append(int(obj.get("status", {}).get("readyReplicas") or 0))
+        # An autoscaler that has never rescaled reports desiredReplicas 0: its target's
+        # replicas are then what it wants.
+        current.append(int(scaled.get("currentReplicas", obj.get("status", {}).get("replicas", 0))))
+        desired.append(int(scaled.get("desiredReplicas") or obj.get("spec", {}).get("replicas", 0)))
+    if not names:
+        return Replicas(ready=0)
+    return Replicas(min(ready), min(current), min(desired))
 
 
-async def _prune(dep: Deployment, keep: set[str]) -> None:
-    """Delete owned children no longer wanted (a gateway-mode version that left the table)."""
+async def _prune(dep: Deployment, keep: set[tuple[str, str]]) -> None:
+    """Delete owned children no longer wanted (a gateway-mode version that left the table, an
+    autoscaler once ``spec.autoscaling`` is removed); ``keep`` holds (kind, name) pairs."""
     namespace = dep.metadata["namespace"]
     selector = {serving.DEPLOYMENT_LABEL: dep.metadata["name"]}
     for api_version, kind in (
@@ -295,9 +325,12 @@ async def _prune(dep: Deployment, keep: set[str]) -> None:
         ("v1", "Service"),
         ("v1", "ConfigMap"),
         ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+        ("gateway.networking.k8s.io/v1", "GRPCRoute"),
+        ("autoscaling/v2", "HorizontalPodAutoscaler"),
     ):
-        if kind == "HTTPRoute" and dep.spec.routing != "gateway":
+        # Gateway API kinds may not exist on a cluster routing in-process: not listed there.
+        if kind in ("HTTPRoute", "GRPCRoute") and dep.spec.routing != "gateway":
             continue
         for obj in await runtime.cluster.list(api_version, kind, namespace, selector):
-            if obj["metadata"]["name"] not in keep:
+            if (kind, obj["metadata"]["name"]) not in keep:
                 await runtime.cluster.delete(api_version, kind, namespace, obj["metadata"]["name"])

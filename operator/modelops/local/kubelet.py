@@ -89,6 +89,9 @@ _SERVICE_HOST = re.compile(
 )
 
 
+_PORT_FLAG = re.compile(r"--(?:[a-z0-9]+-)*port")  # --port, --grpc-port, --metrics-port
+
+
 @dataclass
 class KubeletConfig:
     """What the process kubelet needs: the API server, the node's identity, what it runs.
@@ -712,18 +715,22 @@ class ProcessKubelet:
 
     @staticmethod
     def _rewrite_ports(command: list[str], ports: dict[int, int]) -> list[str]:
-        """``--port N`` and ``--port=N`` get a free loopback port each; ports records it."""
+        """``--port N``, ``--grpc-port N`` (any ``--*-port``), and their ``=N`` forms get a free
+        loopback port each; ``ports`` records containerPort -> loopback port."""
         out: list[str] = []
         i = 0
         while i < len(command):
             arg = command[i]
-            if arg == "--port" and i + 1 < len(command) and command[i + 1].isdigit():
-                port = ports.setdefault(int(command[i + 1]), free_port())
-                out += [arg, str(port)]
-                i += 2
-                continue
-            if arg.startswith("--port=") and arg[7:].isdigit():
-                arg = f"--port={ports.setdefault(int(arg[7:]), free_port())}"
+            flag, _, value = arg.partition("=")
+            if _PORT_FLAG.fullmatch(flag):
+                if value.isdigit():
+                    out.append(f"{flag}={ports.setdefault(int(value), free_port())}")
+                    i += 1
+                    continue
+                if not value and i + 1 < len(command) and command[i + 1].isdigit():
+                    out += [arg, str(ports.setdefault(int(command[i + 1]), free_port()))]
+                    i += 2
+                    continue
             out.append(arg)
             i += 1
         return out

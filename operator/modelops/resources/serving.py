@@ -2,7 +2,8 @@
 
 Model routing (default): one apps/v1 Deployment whose pods hold every version in the
 routing table and split requests in-process by weight. Gateway routing: one apps/v1
-Deployment + Service per version, weighted by a Gateway API HTTPRoute.
+Deployment + Service per version, weighted by a Gateway API HTTPRoute (REST) and a GRPCRoute
+(the same protocol over gRPC, port ``grpc``) with the same weights.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from modelops.resources.common import (
 from modelops.settings import Settings
 
 PORT = 8080
+GRPC_PORT = 8001
+GRPC_SERVICE = "inference.GRPCInferenceService"
 DEPLOYMENT_LABEL = "modelops.dev/deployment"
 ROLE_LABEL = "modelops.dev/serving-version"
 ROUTING_KEY = "routing.json"
@@ -135,8 +138,11 @@ def server_deployment(
         "image": dep.spec.image or settings.runtime_image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["python", "-m", "modelops", "serve"],
-        "args": ["--port", str(PORT)],
-        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+        "args": ["--port", str(PORT), "--grpc-port", str(GRPC_PORT)],
+        "ports": [
+            {"name": "http", "containerPort": PORT, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+        ],
         "env": [
             *store_env(settings),
             {"name": "MODELOPS_BUCKET", "value": settings.bucket},
@@ -205,7 +211,16 @@ def service(dep: Deployment, name: str, version: str | None = None) -> dict[str,
         "spec": {
             "type": "ClusterIP",
             "selector": selector,
-            "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}],
+            "ports": [
+                {"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"},
+                {
+                    "name": "grpc",
+                    "port": GRPC_PORT,
+                    "targetPort": "grpc",
+                    "protocol": "TCP",
+                    "appProtocol": "kubernetes.io/h2c",
+                },
+            ],
         },
     }
 
@@ -223,6 +238,28 @@ def http_route(dep: Deployment, backends: list[tuple[str, int]]) -> dict[str, An
                     "matches": [{"path": {"type": "PathPrefix", "value": "/v2"}}],
                     "backendRefs": [
                         {"name": name, "port": PORT, "weight": weight} for name, weight in backends
+                    ],
+                }
+            ],
+        },
+    }
+
+
+def grpc_route(dep: Deployment, backends: list[tuple[str, int]]) -> dict[str, Any]:
+    """The gRPC twin of :func:`http_route`: same parents, same backends and weights."""
+    assert dep.spec.gateway is not None, "the CRD requires gateway with routing: gateway"
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "GRPCRoute",
+        "metadata": _meta(dep, dep.metadata["name"]),
+        "spec": {
+            "parentRefs": [p.wire() for p in dep.spec.gateway.parent_refs],
+            "rules": [
+                {
+                    "matches": [{"method": {"type": "Exact", "service": GRPC_SERVICE}}],
+                    "backendRefs": [
+                        {"name": name, "port": GRPC_PORT, "weight": weight}
+                        for name, weight in backends
                     ],
                 }
             ],
@@ -255,7 +292,7 @@ def children(dep: Deployment, routes: list[Route], settings: Settings) -> list[d
             service(dep, svc, route.name),
         ]
         backends.append((svc, route.weight))
-    objects.append(http_route(dep, backends))
+    objects += [http_route(dep, backends), grpc_route(dep, backends)]
     return objects
 
 

@@ -4,7 +4,9 @@ With ``--workers N`` (default: the CPUs this process may use) a master process i
 server's modules once, then forks N worker processes (before any thread, event loop or
 connection exists, so forking is safe and no worker pays the seconds scikit-learn takes to
 import) that each bind the port with SO_REUSEPORT, load the models, watch the routing table
-and flush their own sketch windows (pod name ``<pod>-w<i>`` in the object key). The master
+and flush their own sketch windows (pod name ``<pod>-w<i>`` in the object key). Each worker
+also serves the protocol over gRPC on ``--grpc-port`` (:mod:`modelops.serving.grpc_server`),
+that port shared the same way. The master
 forwards SIGTERM/SIGINT and exits when they have; if a worker dies unexpectedly it stops the
 others and exits non-zero so the kubelet restarts the pod. ``/metrics`` sums all workers
 (see :mod:`modelops.serving.metrics`).
@@ -43,6 +45,7 @@ _THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 class Options:
     host: str = "0.0.0.0"
     port: int = 8080
+    grpc_port: int = 8001
     routing_file: Path | None = None
     workers: int = 1
     max_body_bytes: int = 1 << 20
@@ -75,6 +78,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument(
+        "--grpc-port",
+        type=int,
+        default=8001,
+        help="the Open Inference Protocol over gRPC (Triton's port; 0: any free port, "
+        "negative: off)",
+    )
+    p.add_argument(
         "--routing-file",
         type=Path,
         help="a routing table JSON file, re-read when it changes (local/dev); default: the "
@@ -98,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     options = Options(
         host=args.host,
         port=args.port,
+        grpc_port=args.grpc_port,
         routing_file=args.routing_file,
         workers=max(1, args.workers if args.workers is not None else default_workers()),
         max_body_bytes=args.max_body_bytes,
@@ -124,14 +135,16 @@ def _supervise(options: Options) -> int:
     _freeze_heap()
 
     peers = Path(tempfile.mkdtemp(prefix="modelops-serve-"))
-    reserved = None
-    if options.port == 0:
-        # Workers must share one port: pick it here and hold it (a bound, non-listening
-        # SO_REUSEPORT socket takes no connections) until they are gone.
-        reserved = socket.socket(socket.AF_INET6 if ":" in options.host else socket.AF_INET)
-        reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        reserved.bind((options.host, 0))
-        options = Options(**{**options.__dict__, "port": reserved.getsockname()[1]})
+    reserved: list[socket.socket] = []
+    for field in ("port", "grpc_port"):
+        if getattr(options, field) == 0:
+            # Workers must share one port: pick it here and hold it (a bound, non-listening
+            # SO_REUSEPORT socket takes no connections) until they are gone.
+            sock = socket.socket(socket.AF_INET6 if ":" in options.host else socket.AF_INET)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((options.host, 0))
+            reserved.append(sock)
+            options = Options(**{**options.__dict__, field: sock.getsockname()[1]})
     ctx = multiprocessing.get_context("fork")
     master = os.getpid()
     workers = [
@@ -171,8 +184,8 @@ def _supervise(options: Options) -> int:
     finally:
         for w in workers:
             w.join(timeout=1)
-        if reserved is not None:
-            reserved.close()
+        for sock in reserved:
+            sock.close()
         shutil.rmtree(peers, ignore_errors=True)
     return code
 
@@ -246,6 +259,16 @@ async def _serve(options: Options, index: int, peers: Path | None) -> int:
     server = ModelServer(config, store)
     http = server.http_server()
     await http.start(options.host, options.port, reuse_port=peers is not None)
+    grpc = None
+    if options.grpc_port >= 0:
+        # Imported in the worker: the gRPC core must not exist before the fork.
+        from modelops.serving.grpc_server import grpc_server
+
+        grpc, grpc_port = grpc_server(
+            server, options.host, options.grpc_port, reuse_port=peers is not None
+        )
+        await grpc.start()
+        logger.info("worker %d: gRPC on %s:%d", index, options.host, grpc_port)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -262,7 +285,11 @@ async def _serve(options: Options, index: int, peers: Path | None) -> int:
     await stop.wait()
     logger.info("stopping: draining in-flight requests")
     server.stopping = True
-    await http.close(options.drain_timeout)
+    if grpc is not None:
+        # Refuses new RPCs at once, lets those in flight finish, as the HTTP server does.
+        await asyncio.gather(http.close(options.drain_timeout), grpc.stop(options.drain_timeout))
+    else:
+        await http.close(options.drain_timeout)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)

@@ -44,6 +44,10 @@ class Request:
     path: str
     """Percent-decoded, without the query string."""
     body: bytes
+    header_length: int | None = None
+    """``Inference-Header-Content-Length`` (binary tensor data follows that much JSON); -1 if
+    it is not a number."""
+    content_encoding: str | None = None
 
 
 @dataclass(slots=True)
@@ -51,6 +55,8 @@ class Response:
     status: int
     body: bytes
     content_type: str = JSON
+    headers: bytes = b""
+    """More header lines, each ending in CRLF."""
 
 
 Handler = Callable[[Request], "Response | Awaitable[Response]"]
@@ -170,6 +176,9 @@ class _Connection(asyncio.Protocol):
         # The request being parsed.
         self._started: float | None = None
         self._url = b""
+        self._head_size = 0
+        self._header_length: int | None = None
+        self._encoding: str | None = None
         self._body: list[bytes] = []
         self._size = 0
         self._expect = False
@@ -259,6 +268,9 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._started = self.last_activity = time.monotonic()
         self._url = b""
+        self._head_size = 0
+        self._header_length = None
+        self._encoding = None
         self._body = []
         self._size = 0
         self._expect = False
@@ -266,9 +278,18 @@ class _Connection(asyncio.Protocol):
         self._length = None
 
     def on_url(self, url: bytes) -> None:
+        # Bounded here too: a whole request in one read never reaches data_received's check.
+        self._head_size += len(url)
+        if self._head_size > MAX_HEAD:
+            if not self.done:
+                self._fail(431, f"request line over {MAX_HEAD} bytes")
+            return
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > MAX_HEAD and not self.done:
+            self._fail(431, f"request line and headers over {MAX_HEAD} bytes")
         lowered = name.lower()
         if lowered == b"content-length":
             with contextlib.suppress(ValueError):
@@ -277,6 +298,13 @@ class _Connection(asyncio.Protocol):
             self._expect = value.lower() == b"100-continue"
         elif lowered == b"transfer-encoding":
             self._chunked = True
+        elif lowered == b"inference-header-content-length":
+            try:
+                self._header_length = int(value)
+            except ValueError:
+                self._header_length = -1
+        elif lowered == b"content-encoding":
+            self._encoding = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         if self.done:
@@ -326,7 +354,7 @@ class _Connection(asyncio.Protocol):
         if "%" in path:
             path = unquote(path)
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        request = Request(method, path, body)
+        request = Request(method, path, body, self._header_length, self._encoding)
         if not parser.should_keep_alive() or parser.get_http_version() == "1.0":
             self.done = True  # "Connection: close" or HTTP/1.0: this is the last request
         if self.busy or self.queue:
@@ -380,7 +408,9 @@ class _Connection(asyncio.Protocol):
                     response.content_type.encode(),
                     b"\r\nContent-Length: ",
                     str(len(body)).encode(),
-                    b"\r\nConnection: close\r\n\r\n" if last else b"\r\n\r\n",
+                    b"\r\n",
+                    response.headers,
+                    b"Connection: close\r\n\r\n" if last else b"\r\n",
                 )
             )
             transport.write(head if request.method == "HEAD" else head + body)

@@ -5,9 +5,19 @@ Two input layouts are accepted, as KServe, MLServer and Triton clients send them
 - one tensor per feature, named after it, shape ``[n]`` or ``[n, 1]``;
 - one 2-D tensor of shape ``[n, n_features]`` (any name), columns in signature order.
 
-``data`` may be flat (row-major) or nested. Every check is a whole-array numpy operation, so
-validation costs the same for 1 row as for 32. Anything wrong is a :class:`ProtocolError`
-(HTTP 400) whose message says what and where; nothing a client sends can cause a 5xx.
+``data`` may be flat (row-major) or nested, or the tensor's bytes may follow the JSON header
+(the binary tensor data extension of Triton and KServe: the body's first
+``Inference-Header-Content-Length`` bytes are JSON, then each input with
+``parameters.binary_data_size`` takes that many bytes, in input order, little-endian; a BYTES
+element is a 4-byte little-endian length and its bytes). Outputs are answered the same way when
+asked for (``parameters.binary_data`` on an output, ``binary_data_output`` on the request).
+Every check is a whole-array numpy operation, so validation costs the same for 1 row as for 32.
+Anything wrong is a :class:`ProtocolError` (HTTP 4xx) whose message says what and where;
+nothing a client sends can cause a 5xx.
+
+For other transports (gRPC): :func:`decode_tensors` takes :class:`Tensor` objects whose ``data``
+is a list or an array from :func:`array_from_raw`; :func:`output_specs` reads requested
+outputs; :func:`raw_from_array` encodes an output's bytes.
 """
 
 from __future__ import annotations
@@ -15,6 +25,8 @@ from __future__ import annotations
 import array
 import json
 import math
+import struct
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +43,22 @@ NUMERIC_TYPES = FLOAT_TYPES | INT_TYPES
 KNOWN_TYPES = NUMERIC_TYPES | {"BYTES", "BOOL"}
 OUTPUT_PREDICT = "predict"
 OUTPUT_PROBA = "predict_proba"
+RAW_DTYPES: Mapping[str, np.dtype[Any]] = {
+    "BOOL": np.dtype("?"),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
+"""Each fixed-size datatype's little-endian element, as the binary extension lays it out."""
+_LENGTH = struct.Struct("<I")
 
 Matrix = npt.NDArray[np.float64]
 Columns = dict[str, npt.NDArray[Any]]
@@ -74,26 +102,82 @@ class Layout:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class OutputSpec:
+    """An output to answer with, and whether as raw bytes after the JSON header."""
+
+    name: str
+    binary: bool = False
+
+
+DEFAULT_OUTPUTS = (OutputSpec(OUTPUT_PREDICT),)
+DEFAULT_OUTPUTS_PROBA = (OutputSpec(OUTPUT_PREDICT), OutputSpec(OUTPUT_PROBA))
+
+
 @dataclass(slots=True)
 class Decoded:
     rows: Rows
     n: int
     request_id: str | None
     proba: bool
+    """Probabilities must be computed (``predict_proba`` is among ``outputs``)."""
+    outputs: tuple[OutputSpec, ...] = DEFAULT_OUTPUTS
+    """What to answer with, in order."""
 
 
-def parse_json(body: bytes) -> Any:
+def parse_json(body: bytes | memoryview) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc) or "recursion" in str(exc):
+            raise ProtocolError(
+                "request body nests arrays or objects too deeply (orjson's limit is 1024)"
+            ) from None
         # Python clients send NaN/Infinity by default: say so rather than "not JSON".
         try:
-            json.loads(body, parse_constant=_reject_constant)
+            json.loads(bytes(body), parse_constant=_reject_constant)
         except _NonFinite as nonfinite:
             raise ProtocolError(str(nonfinite)) from None
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             pass
         raise ProtocolError(f"request body is not valid JSON: {exc}") from None
+
+
+def split_binary(body: bytes, header_length: int) -> tuple[memoryview, memoryview]:
+    """The JSON header and the binary tensor data of a body sent with the extension's
+    ``Inference-Header-Content-Length``."""
+    if header_length <= 0 or header_length > len(body):
+        raise ProtocolError(
+            f"Inference-Header-Content-Length {header_length} is not within the "
+            f"{len(body)}-byte body"
+        )
+    view = memoryview(body)
+    return view[:header_length], view[header_length:]
+
+
+def decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """A body sent with ``Content-Encoding: gzip`` or ``deflate``, refused (413) when it
+    inflates past ``limit`` bytes."""
+    encoding = encoding.strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding == "gzip":
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    elif encoding == "deflate":
+        inflater = zlib.decompressobj()
+    else:
+        raise ProtocolError(
+            f"Content-Encoding {encoding!r} is not supported (gzip, deflate, identity)", 415
+        )
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise ProtocolError(f"the {encoding} body could not be decompressed: {exc}") from None
+    if len(out) > limit:
+        raise ProtocolError(f"the decompressed body is over the {limit}-byte limit", 413)
+    if not inflater.eof:
+        raise ProtocolError(f"the {encoding} body is truncated")
+    return out
 
 
 class _NonFinite(ValueError):
@@ -114,12 +198,37 @@ def request_id(doc: Any) -> str | None:
     raise ProtocolError("'id' must be a string")
 
 
-def decode(doc: dict[str, Any], layout: Layout, *, classifier: bool) -> Decoded:
-    """Validate an inference request against a version's inputs."""
+def decode(
+    doc: dict[str, Any],
+    layout: Layout,
+    *,
+    classifier: bool,
+    binary: bytes | memoryview | None = None,
+) -> Decoded:
+    """Validate an inference request against a version's inputs; ``binary`` is the data after
+    the JSON header when the request uses the binary tensor extension."""
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise ProtocolError("'inputs' must be a non-empty list of tensors")
-    tensors = [_tensor(t, i) for i, t in enumerate(inputs)]
+    if binary is None:
+        tensors = [_tensor(t, i) for i, t in enumerate(inputs)]
+    else:
+        tensors = _binary_tensors(inputs, binary)
+    rows, n = decode_tensors(tensors, layout)
+    params = doc.get("parameters")
+    if params is not None and not isinstance(params, dict):
+        raise ProtocolError("'parameters' must be an object")
+    outputs = output_specs(doc.get("outputs"), params, classifier)
+    proba = outputs is DEFAULT_OUTPUTS_PROBA or (
+        outputs is not DEFAULT_OUTPUTS and any(o.name == OUTPUT_PROBA for o in outputs)
+    )
+    return Decoded(rows, n, doc.get("id"), proba, outputs)
+
+
+def decode_tensors(tensors: list[Tensor], layout: Layout) -> tuple[Rows, int]:
+    """Rows for the model from the request's tensors (one [n, k] tensor, or one per feature)."""
+    if not tensors:
+        raise ProtocolError("'inputs' must be a non-empty list of tensors")
     first = tensors[0]
     # A single-feature model's [n, 1] tensor named after the feature reads the same either way.
     if (
@@ -128,21 +237,23 @@ def decode(doc: dict[str, Any], layout: Layout, *, classifier: bool) -> Decoded:
         and first.shape[1] == layout.width
         and not (layout.width == 1 and first.name in layout.index)
     ):
-        rows, n = _matrix(first, layout)
-    else:
-        rows, n = _per_feature(tensors, layout)
-    return Decoded(rows, n, doc.get("id"), _wants_proba(doc, classifier))
+        return _matrix(first, layout)
+    return _per_feature(tensors, layout)
 
 
 @dataclass(slots=True)
-class _Tensor:
+class Tensor:
+    """An input tensor: ``data`` is the JSON list, or an array of ``shape`` already checked
+    (from :func:`array_from_raw`)."""
+
     name: str
     shape: tuple[int, ...]
     datatype: str
-    data: Any
+    data: list[Any] | npt.NDArray[Any]
 
 
-def _tensor(t: Any, i: int) -> _Tensor:
+def _head(t: Any, i: int) -> tuple[str, tuple[int, ...], str]:
+    """An input's name, shape and datatype, checked."""
     if not isinstance(t, dict):
         raise ProtocolError(f"inputs[{i}] must be an object with name, shape, datatype, data")
     name, shape, datatype = t.get("name"), t.get("shape"), t.get("datatype")
@@ -157,14 +268,140 @@ def _tensor(t: Any, i: int) -> _Tensor:
         raise ProtocolError(
             f"input {name!r}: datatype {datatype!r} is not one of {', '.join(sorted(KNOWN_TYPES))}"
         )
-    if "data" not in t or not isinstance(t["data"], list):
+    return name, tuple(shape), datatype
+
+
+def _tensor(t: Any, i: int) -> Tensor:
+    name, shape, datatype = _head(t, i)
+    data = t.get("data")
+    if not isinstance(data, list):
+        if _binary_size(t, name) is not None:
+            raise ProtocolError(
+                f"input {name!r}: parameters.binary_data_size needs the binary data after a "
+                "JSON header of Inference-Header-Content-Length bytes"
+            )
         raise ProtocolError(f"input {name!r}: 'data' must be a list")
-    return _Tensor(name, tuple(shape), datatype, t["data"])
+    return Tensor(name, shape, datatype, data)
 
 
-def _array(t: _Tensor) -> npt.NDArray[Any]:
+def _binary_size(t: dict[str, Any], name: str) -> int | None:
+    params = t.get("parameters")
+    if params is None:
+        return None
+    if not isinstance(params, dict):
+        raise ProtocolError(f"input {name!r}: 'parameters' must be an object")
+    size = params.get("binary_data_size")
+    if size is None or (type(size) is int and size >= 0):
+        return size
+    raise ProtocolError(f"input {name!r}: binary_data_size must be a non-negative integer")
+
+
+def _binary_tensors(inputs: list[Any], binary: bytes | memoryview) -> list[Tensor]:
+    """Inputs of a request with binary data: each with ``binary_data_size`` takes its bytes
+    from ``binary`` in input order; the others carry JSON ``data``."""
+    tensors: list[Tensor] = []
+    offset = 0
+    for i, t in enumerate(inputs):
+        name, shape, datatype = _head(t, i)
+        size = _binary_size(t, name)
+        if size is None:
+            tensors.append(_tensor(t, i))
+            continue
+        if "data" in t:
+            raise ProtocolError(f"input {name!r} has both 'data' and binary_data_size")
+        if offset + size > len(binary):
+            raise ProtocolError(
+                f"input {name!r}: binary_data_size {size} runs past the end of the body "
+                f"({len(binary) - offset} bytes left)"
+            )
+        raw = binary[offset : offset + size]
+        offset += size
+        tensors.append(Tensor(name, shape, datatype, array_from_raw(name, datatype, shape, raw)))
+    if offset != len(binary):
+        raise ProtocolError(
+            f"the body has {len(binary) - offset} bytes after the inputs' binary data"
+        )
+    return tensors
+
+
+def array_from_raw(
+    name: str, datatype: str, shape: tuple[int, ...], raw: bytes | memoryview
+) -> npt.NDArray[Any]:
+    """A tensor's raw little-endian bytes (BYTES: length-prefixed elements, decoded as UTF-8)
+    as a checked array of ``shape``; floats must be finite."""
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        return _bytes_elements(name, raw, count).reshape(shape)
+    dtype = RAW_DTYPES.get(datatype)
+    if dtype is None:
+        raise ProtocolError(
+            f"input {name!r}: datatype {datatype!r} is not one of {', '.join(sorted(KNOWN_TYPES))}"
+        )
+    if len(raw) != count * dtype.itemsize:
+        raise ProtocolError(
+            f"input {name!r}: shape {list(shape)} of {datatype} needs "
+            f"{count * dtype.itemsize} bytes, the binary data has {len(raw)}"
+        )
+    # A copy: aligned, writable, and independent of the request's buffer.
+    arr = np.frombuffer(raw, dtype=dtype).astype(dtype.newbyteorder("="))
+    if datatype in FLOAT_TYPES and not np.isfinite(arr).all():
+        raise ProtocolError(f"input {name!r} holds non-finite values (NaN or infinity)")
+    return arr.reshape(shape)
+
+
+def _bytes_elements(name: str, raw: bytes | memoryview, count: int) -> npt.NDArray[Any]:
+    if count > len(raw) // 4:  # each element needs at least its 4-byte length
+        raise ProtocolError(
+            f"input {name!r}: {count} BYTES elements cannot fit in {len(raw)} bytes"
+        )
+    view = memoryview(raw)
+    out = np.empty(count, dtype=object)
+    offset = 0
+    for k in range(count):
+        if offset + 4 > len(view):
+            raise ProtocolError(f"input {name!r}: BYTES element {k} is cut short")
+        (length,) = _LENGTH.unpack_from(view, offset)
+        offset += 4
+        if offset + length > len(view):
+            raise ProtocolError(f"input {name!r}: BYTES element {k} runs past its data")
+        try:
+            out[k] = str(view[offset : offset + length], "utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError(f"input {name!r}: BYTES element {k} is not UTF-8") from None
+        offset += length
+    if offset != len(view):
+        raise ProtocolError(
+            f"input {name!r}: {len(view) - offset} bytes after its {count} BYTES elements"
+        )
+    return out
+
+
+def raw_from_array(datatype: str, values: npt.NDArray[Any] | list[Any]) -> bytes:
+    """An output's bytes for the binary extension: little-endian elements, or for BYTES a
+    4-byte little-endian length before each element's UTF-8."""
+    if datatype == "BYTES":
+        parts = []
+        for v in values if isinstance(values, list) else values.ravel().tolist():
+            b = v if isinstance(v, bytes) else str(v).encode()
+            parts.append(_LENGTH.pack(len(b)))
+            parts.append(b)
+        return b"".join(parts)
+    return np.ascontiguousarray(values, dtype=RAW_DTYPES[datatype]).tobytes()
+
+
+def encode_response(doc: dict[str, Any], raw: list[bytes]) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header's length when binary output data follows it."""
+    head = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not raw:
+        return head, None
+    return b"".join((head, *raw)), len(head)
+
+
+def _array(t: Tensor) -> npt.NDArray[Any]:
     """The tensor's data as an array of its shape, checked against its declared datatype."""
     data = t.data
+    if isinstance(data, np.ndarray):
+        return data  # from binary data: shaped and checked
     if t.datatype in FLOAT_TYPES and data and type(data[0]) is not bool:
         # A flat list of numbers, the common case, converts in C at about 70% of asarray's
         # cost; strings, nulls and nested lists raise and take the general path below, which
@@ -191,10 +428,14 @@ def _array(t: _Tensor) -> npt.NDArray[Any]:
     if not ok:
         what = "null values" if kind == "O" else f"{_kind_name(kind)} values"
         raise ProtocolError(f"input {t.name!r}: datatype {t.datatype} does not match its {what}")
+    if t.datatype in INT_TYPES and arr.size:
+        info = np.iinfo(RAW_DTYPES[t.datatype])
+        if arr.min() < info.min or arr.max() > info.max:
+            raise ProtocolError(f"input {t.name!r}: values out of range for {t.datatype}")
     return _shaped(t, arr)
 
 
-def _shaped(t: _Tensor, arr: npt.NDArray[Any]) -> npt.NDArray[Any]:
+def _shaped(t: Tensor, arr: npt.NDArray[Any]) -> npt.NDArray[Any]:
     expected = math.prod(t.shape)
     if arr.size != expected:
         raise ProtocolError(
@@ -209,7 +450,7 @@ def _kind_name(kind: str) -> str:
     return names.get(kind, "mixed")
 
 
-def _matrix(t: _Tensor, layout: Layout) -> tuple[Rows, int]:
+def _matrix(t: Tensor, layout: Layout) -> tuple[Rows, int]:
     arr = _array(t)
     n = t.shape[0]
     if n == 0:
@@ -231,8 +472,8 @@ def _matrix(t: _Tensor, layout: Layout) -> tuple[Rows, int]:
     return columns, n
 
 
-def _per_feature(tensors: list[_Tensor], layout: Layout) -> tuple[Rows, int]:
-    by_name: dict[str, _Tensor] = {}
+def _per_feature(tensors: list[Tensor], layout: Layout) -> tuple[Rows, int]:
+    by_name: dict[str, Tensor] = {}
     for t in tensors:
         if t.name not in layout.index:
             raise ProtocolError(
@@ -300,31 +541,60 @@ def _check_finite(values: npt.NDArray[np.float64], where: str) -> None:
         raise ProtocolError(f"input {where} holds non-finite values (NaN or infinity)")
 
 
-def _wants_proba(doc: dict[str, Any], classifier: bool) -> bool:
+def output_specs(
+    outputs: Any, parameters: dict[str, Any] | None, classifier: bool
+) -> tuple[OutputSpec, ...]:
+    """The outputs to answer with, in order: those named in ``outputs`` (a list of
+    ``{"name": ..., "parameters": {"binary_data": ...}}``), else ``predict`` (and
+    ``predict_proba`` with the request parameter ``probabilities``). ``binary_data_output``
+    in ``parameters`` makes every output binary unless it says otherwise."""
     proba = False
-    params = doc.get("parameters")
-    if params is not None:
-        if not isinstance(params, dict):
-            raise ProtocolError("'parameters' must be an object")
-        flag = params.get("probabilities", params.get("predict_proba", False))
+    binary = False
+    if parameters:
+        flag = parameters.get("probabilities", parameters.get("predict_proba", False))
         if not isinstance(flag, bool):
             raise ProtocolError("parameter 'probabilities' must be true or false")
         proba = flag
-    outputs = doc.get("outputs")
-    if outputs is not None:
-        if not isinstance(outputs, list):
-            raise ProtocolError("'outputs' must be a list of {\"name\": ...}")
-        for out in outputs:
-            name = out.get("name") if isinstance(out, dict) else None
-            if name == OUTPUT_PROBA:
-                proba = True
-            elif name != OUTPUT_PREDICT:
+        binary = parameters.get("binary_data_output", False)
+        if not isinstance(binary, bool):
+            raise ProtocolError("parameter 'binary_data_output' must be true or false")
+    if outputs is None:
+        if proba and not classifier:
+            raise ProtocolError(f"{OUTPUT_PROBA!r} is only available for classifiers")
+        if not binary:
+            return DEFAULT_OUTPUTS_PROBA if proba else DEFAULT_OUTPUTS
+        wanted = [OUTPUT_PREDICT, OUTPUT_PROBA] if proba else [OUTPUT_PREDICT]
+        return tuple(OutputSpec(name, True) for name in wanted)
+    if not isinstance(outputs, list) or not outputs:
+        raise ProtocolError("'outputs' must be a non-empty list of {\"name\": ...}")
+    specs: list[OutputSpec] = []
+    for i, out in enumerate(outputs):
+        name = out.get("name") if isinstance(out, dict) else None
+        if name not in (OUTPUT_PREDICT, OUTPUT_PROBA):
+            what = repr(name) if isinstance(name, str) else f"outputs[{i}] (no string 'name')"
+            raise ProtocolError(
+                f"unknown output {what}: ask for {OUTPUT_PREDICT!r} or {OUTPUT_PROBA!r}"
+            )
+        if name == OUTPUT_PROBA and not classifier:
+            raise ProtocolError(f"{OUTPUT_PROBA!r} is only available for classifiers")
+        if any(s.name == name for s in specs):
+            raise ProtocolError(f"output {name!r} is asked for twice")
+        as_binary = binary
+        params = out.get("parameters")
+        if params is not None:
+            if not isinstance(params, dict):
+                raise ProtocolError(f"output {name!r}: 'parameters' must be an object")
+            flag = params.get("binary_data", binary)
+            if not isinstance(flag, bool):
+                raise ProtocolError(f"output {name!r}: binary_data must be true or false")
+            as_binary = flag
+            if params.get("classification"):
                 raise ProtocolError(
-                    f"unknown output {name!r}: ask for {OUTPUT_PREDICT!r} or {OUTPUT_PROBA!r}"
+                    f"output {name!r}: the classification extension is not supported "
+                    f"(ask for {OUTPUT_PROBA!r})"
                 )
-    if proba and not classifier:
-        raise ProtocolError(f"{OUTPUT_PROBA!r} is only available for classifiers")
-    return proba
+        specs.append(OutputSpec(name, as_binary))
+    return tuple(specs)
 
 
 def concat_rows(batches: list[Rows]) -> Rows:

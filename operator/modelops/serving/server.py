@@ -28,11 +28,16 @@ from modelops.serving.metrics import NO_VERSION, ServerMetrics
 from modelops.serving.protocol import (
     OUTPUT_PREDICT,
     OUTPUT_PROBA,
+    OutputSpec,
     ProtocolError,
     decode,
+    decompress,
+    encode_response,
     error_body,
     parse_json,
+    raw_from_array,
     request_id,
+    split_binary,
 )
 from modelops.serving.sketches import SketchWriter
 from modelops.serving.state import ModelManager, ServedVersion, ServingState
@@ -58,6 +63,14 @@ def _json(doc: Any, status: int = 200) -> Response:
 
 def _error(message: str, status: int) -> Response:
     return Response(status, error_body(message))
+
+
+def _no_endpoint(method: str, path: str) -> Response:
+    shown = path if len(path) <= 200 else f"{path[:200]}... ({len(path)} characters)"
+    return _error(f"no such endpoint: {method[:20]} {shown}", 404)
+
+
+BINARY = "application/octet-stream"
 
 
 class ModelServer:
@@ -90,7 +103,7 @@ class ModelServer:
                 return self._get(method) or self._health(parts[2])
         elif parts == ["metrics"]:
             return self._get(method) or self._metrics()
-        return _error(f"no such endpoint: {method} {request.path}", 404)
+        return _no_endpoint(method, request.path)
 
     async def _metrics(self) -> Response:
         own = self.metrics.snapshot()  # here, consistent; the text is built off the loop
@@ -114,7 +127,7 @@ class ModelServer:
             if not state.knows(name):
                 return self._unknown_model(state, name)
             return self._ready(state, version) if rest else self._model_metadata(state, version)
-        return _error(f"no such endpoint: {method} {request.path}", 404)
+        return _no_endpoint(method, request.path)
 
     @staticmethod
     def _get(method: str) -> Response | None:
@@ -129,21 +142,36 @@ class ModelServer:
             self.metrics.stats("", NO_VERSION).observe(time.perf_counter() - started, 404)
             return self._unknown_model(state, name)
         served: ServedVersion | None = None
+        header_length: int | None = None
         try:
-            doc = parse_json(request.body)
+            body = request.body
+            if request.content_encoding is not None:
+                body = decompress(body, request.content_encoding, self.config.max_body_bytes)
+            binary = None
+            if request.header_length is None:
+                doc = parse_json(body)
+            else:
+                head, binary = split_binary(body, request.header_length)
+                doc = parse_json(head)
             rid = request_id(doc)
             served = state.resolve(version) if version is not None else state.route(rid)
             model = served.model
             assert model is not None
-            decoded = decode(doc, model.layout, classifier=model.classifier)
+            decoded = decode(doc, model.layout, classifier=model.classifier, binary=binary)
             prediction = await self.batcher.submit(served, decoded.rows, decoded.n, decoded.proba)
-            body = self._answer(state, served, rid, prediction, decoded.n)
+            body, header_length = self._answer(
+                state, served, rid, prediction, decoded.n, decoded.outputs
+            )
             status = 200
         except ProtocolError as exc:
             status, body = exc.status, error_body(str(exc))
         stats = served.stats if served is not None else self.metrics.stats(state.model_name, "")
         stats.observe(time.perf_counter() - started, status)
-        return Response(status, body)
+        if header_length is None:
+            return Response(status, body)
+        return Response(
+            status, body, BINARY, b"Inference-Header-Content-Length: %d\r\n" % header_length
+        )
 
     def _answer(
         self,
@@ -152,37 +180,45 @@ class ModelServer:
         rid: str | None,
         prediction: Prediction,
         n: int,
-    ) -> bytes:
+        wanted: tuple[OutputSpec, ...],
+    ) -> tuple[bytes, int | None]:
         model = served.model
         assert model is not None
-        data: Any
-        if model.classifier:
-            labels = model.labels
-            data = [labels[i] for i in prediction.values.tolist()]
-        else:
-            data = prediction.values
-        outputs: list[dict[str, Any]] = [
-            {"name": OUTPUT_PREDICT, "datatype": model.output_datatype, "shape": [n], "data": data}
-        ]
-        if prediction.proba is not None:
-            outputs.append(
-                {
+        outputs: list[dict[str, Any]] = []
+        raw: list[bytes] = []
+        for spec in wanted:
+            out: dict[str, Any]
+            if spec.name == OUTPUT_PREDICT:
+                values: Any = prediction.values
+                if model.classifier:
+                    labels = model.labels
+                    values = [labels[i] for i in values.tolist()]
+                datatype = model.output_datatype
+                out = {"name": OUTPUT_PREDICT, "datatype": datatype, "shape": [n]}
+            else:
+                assert prediction.proba is not None
+                values = prediction.proba.ravel()
+                datatype = "FP64"
+                out = {
                     "name": OUTPUT_PROBA,
-                    "datatype": "FP64",
+                    "datatype": datatype,
                     "shape": [n, len(model.labels)],
-                    "data": prediction.proba.ravel(),
                     "parameters": {"classes": list(model.labels)},
                 }
-            )
-        return orjson.dumps(
-            {
-                "model_name": state.model_name,
-                "model_version": served.name,
-                "id": rid if rid is not None else f"{self._id_prefix}{next(self._ids)}",
-                "outputs": outputs,
-            },
-            option=orjson.OPT_SERIALIZE_NUMPY,
-        )
+            if spec.binary:
+                data = raw_from_array(datatype, values)
+                out["parameters"] = {**out.get("parameters", {}), "binary_data_size": len(data)}
+                raw.append(data)
+            else:
+                out["data"] = values
+            outputs.append(out)
+        doc = {
+            "model_name": state.model_name,
+            "model_version": served.name,
+            "id": rid if rid is not None else f"{self._id_prefix}{next(self._ids)}",
+            "outputs": outputs,
+        }
+        return encode_response(doc, raw)
 
     # -- health and metadata ----------------------------------------------------------------------
 
@@ -211,7 +247,13 @@ class ModelServer:
         return "; ".join(waiting) or "another worker is not ready"
 
     def _server_metadata(self) -> Response:
-        return _json({"name": "modelops", "version": __version__, "extensions": []})
+        return _json(
+            {
+                "name": "modelops",
+                "version": __version__,
+                "extensions": ["binary_tensor_data"],
+            }
+        )
 
     def _unknown_model(self, state: ServingState, name: str) -> Response:
         serving = f" (this server serves {state.model_name!r})" if state.table else ""

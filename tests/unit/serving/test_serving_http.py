@@ -162,9 +162,15 @@ async def test_versions_by_name_or_number_and_probabilities(models: Models) -> N
             url + "/v2/models/iris/versions/1/infer",
             matrix_request(ROWS, outputs=[{"name": "predict_proba"}]),
         )
+        assert status == 200 and [o["name"] for o in answer["outputs"]] == ["predict_proba"]
+        status, answer = await post(
+            s,
+            url + "/v2/models/iris/infer",
+            matrix_request(ROWS, outputs=[{"name": "predict_proba"}, {"name": "predict"}]),
+        )
         assert status == 200 and [o["name"] for o in answer["outputs"]] == [
-            "predict",
             "predict_proba",
+            "predict",
         ]
 
 

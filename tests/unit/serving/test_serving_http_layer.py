@@ -18,6 +18,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+import numpy as np
 import pytest
 
 from modelops.serving.http import MAX_HEAD, Handler, HttpServer, Request, Response
@@ -830,3 +831,80 @@ async def test_a_sync_handler_that_returns_no_answer_is_a_500(
             assert reply.status == 500 and reply.json() == {"error": "internal server error"}
             assert (await read_reply(reader)).json() == {"path": "/after"}
     assert any("/none failed" in r.getMessage() for r in caplog.records)
+
+
+# -- limits and the binary tensor extension on the wire ----------------------------------------
+
+
+async def test_a_request_line_over_the_bound_in_one_write_is_431_without_the_path(
+    iris: Iris,
+) -> None:
+    async with model_server(iris) as port:
+        for target in ("/v2/" + "a" * (100 * 1024), "/v2/models/iris?" + "q" * (MAX_HEAD + 1)):
+            async with connect(port) as (reader, writer):
+                await send(writer, get(target))
+                reply = await read_reply(reader)
+                assert reply.status == 431 and reply.closes
+                assert len(reply.body) < 200 and "aaaa" not in reply.json()["error"]
+        async with connect(port) as (reader, writer):
+            many = [f"X-H{i}: {'v' * 100}" for i in range(MAX_HEAD // 100)]
+            await send(writer, get("/v2/health/live", *many))
+            assert (await read_reply(reader)).status == 431
+
+
+async def test_a_404_does_not_echo_a_long_path(iris: Iris) -> None:
+    async with model_server(iris) as port, connect(port) as (reader, writer):
+        await send(writer, get("/nowhere/" + "b" * 20_000))
+        reply = await read_reply(reader)
+        assert reply.status == 404 and len(reply.body) < 400
+        assert "20009 characters" in reply.json()["error"]
+
+
+async def test_binary_request_and_response_on_the_wire(iris: Iris) -> None:
+    rows = np.asarray(ROWS, dtype=np.float64)
+    header = json.dumps(
+        {
+            "id": "b1",
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": list(rows.shape),
+                    "datatype": "FP64",
+                    "parameters": {"binary_data_size": rows.nbytes},
+                }
+            ],
+            "outputs": [{"name": "predict", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    body = header + rows.astype("<f8").tobytes()
+    async with model_server(iris) as port, connect(port) as (reader, writer):
+        await send(
+            writer,
+            post("/v2/models/iris/infer", body, f"Inference-Header-Content-Length: {len(header)}"),
+        )
+        reply = await read_reply(reader)
+        assert reply.status == 200, reply.body
+        assert reply.headers["content-type"] == "application/octet-stream"
+        length = int(reply.headers["inference-header-content-length"])
+        answer = json.loads(reply.body[:length])
+        assert answer["id"] == "b1"
+        (out,) = answer["outputs"]
+        assert (
+            "data" not in out and out["parameters"]["binary_data_size"] == len(reply.body) - length
+        )
+        raw, labels = reply.body[length:], []
+        while raw:
+            n = int.from_bytes(raw[:4], "little")
+            labels.append(raw[4 : 4 + n].decode())
+            raw = raw[4 + n :]
+        assert labels == SPECIES
+        # A header length that is not a number, or past the body: 400 with a message.
+        for bad in ("ten", str(len(body) + 1)):
+            await send(
+                writer,
+                post("/v2/models/iris/infer", body, f"Inference-Header-Content-Length: {bad}"),
+            )
+            reply = await read_reply(reader)
+            assert (
+                reply.status == 400 and "Inference-Header-Content-Length" in reply.json()["error"]
+            )

@@ -3,6 +3,7 @@ with a message that says what is wrong."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -218,3 +219,252 @@ def test_probabilities_of_a_regressor_are_refused() -> None:
 def test_bodies_that_are_not_json(body: bytes, message: str) -> None:
     with pytest.raises(ProtocolError, match=message):
         parse_json(body)
+
+
+# -- binary tensor data, datatypes, requested outputs, limits ----------------------------------
+
+from modelops.serving.protocol import (  # noqa: E402
+    DEFAULT_OUTPUTS,
+    RAW_DTYPES,
+    OutputSpec,
+    array_from_raw,
+    decompress,
+    encode_response,
+    output_specs,
+    raw_from_array,
+    split_binary,
+)
+
+
+def binary_request(
+    tensors: list[tuple[str, list[int], str, bytes]], **extra: Any
+) -> tuple[dict[str, Any], bytes]:
+    """The JSON header (as parsed) and the data after it."""
+    inputs = [
+        {"name": n, "shape": s, "datatype": d, "parameters": {"binary_data_size": len(raw)}}
+        for n, s, d, raw in tensors
+    ]
+    return {"inputs": inputs, **extra}, b"".join(raw for *_, raw in tensors)
+
+
+def bytes_tensor(*values: bytes) -> bytes:
+    return b"".join(len(v).to_bytes(4, "little") + v for v in values)
+
+
+@pytest.mark.parametrize("datatype", sorted(set(RAW_DTYPES) - {"BOOL"}))
+def test_every_numeric_datatype_decodes_from_binary_and_json(datatype: str) -> None:
+    values = np.array([[1, 2, 3], [4, 5, 6]], dtype=RAW_DTYPES[datatype])
+    doc, raw = binary_request([("x", [2, 3], datatype, values.tobytes())])
+    from_binary = decode(doc, NUMERIC, classifier=True, binary=raw)
+    from_json = decode(
+        {"inputs": [tensor("x", [2, 3], datatype, values.tolist())]}, NUMERIC, classifier=True
+    )
+    for d in (from_binary, from_json):
+        assert isinstance(d.rows, np.ndarray) and d.rows.dtype == np.float64
+        np.testing.assert_array_equal(d.rows, values.astype(np.float64))
+
+
+def test_per_feature_binary_tensors_mixed_with_json_ones() -> None:
+    doc, raw = binary_request(
+        [
+            ("a", [2], "FP32", np.array([1.5, 2.5], "<f4").tobytes()),
+            ("c", [2, 1], "INT8", np.array([7, 8], "<i1").tobytes()),
+        ]
+    )
+    doc["inputs"].append(tensor("b", [2], "FP64", [0, 1]))
+    d = decode(doc, NUMERIC, classifier=True, binary=raw)
+    np.testing.assert_array_equal(d.rows, [[1.5, 0, 7], [2.5, 1, 8]])
+
+
+def test_bytes_elements_are_length_prefixed_utf8() -> None:
+    doc, raw = binary_request(
+        [
+            ("age", [2], "FP64", np.array([30.0, 41.0]).tobytes()),
+            ("city", [2], "BYTES", bytes_tensor(b"paris", "l\u00e9on".encode())),
+        ]
+    )
+    d = decode(doc, MIXED, classifier=True, binary=raw)
+    assert isinstance(d.rows, dict) and d.rows["city"].tolist() == ["paris", "l\u00e9on"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"abc", "cannot fit"),
+        (bytes_tensor(b"paris"), "cut short"),  # shape says 2, one element
+        (bytes_tensor(b"paris", b"lyon") + b"x", "bytes after"),
+        (bytes_tensor(b"paris") + (99).to_bytes(4, "little") + b"ab", "runs past"),
+        (bytes_tensor(b"paris", b"\xff\xfe"), "not UTF-8"),
+    ],
+)
+def test_malformed_bytes_elements_are_400s(raw: bytes, message: str) -> None:
+    with pytest.raises(ProtocolError, match=message):
+        array_from_raw("city", "BYTES", (2,), raw)
+
+
+@pytest.mark.parametrize(
+    ("tensors", "tail", "message"),
+    [
+        ([("x", [2, 3], "FP64", bytes(40))], b"", "needs 48 bytes"),
+        ([("x", [2, 3], "FP64", bytes(48))], b"extra", "5 bytes after"),
+        ([("x", [2, 3], "FP64", np.full(6, np.inf).tobytes())], b"", "non-finite"),
+        ([("x", [2, 3], "FP16", np.full(6, np.nan, "<f2").tobytes())], b"", "non-finite"),
+        ([("x", [2, 3], "BOOL", bytes(6))], b"", "not BOOL"),
+        ([("x", [2, 3], "BF16", bytes(12))], b"", "'BF16' is not one of"),
+    ],
+)
+def test_bad_binary_inputs_are_400s_that_say_why(
+    tensors: list[tuple[str, list[int], str, bytes]], tail: bytes, message: str
+) -> None:
+    doc, raw = binary_request(tensors)
+    with pytest.raises(ProtocolError, match=message) as info:
+        decode(doc, NUMERIC, classifier=True, binary=raw + tail)
+    assert info.value.status == 400
+
+
+def test_binary_size_past_the_body_or_without_the_header_is_a_400() -> None:
+    doc, raw = binary_request([("x", [2, 3], "FP64", bytes(48))])
+    with pytest.raises(ProtocolError, match="runs past the end"):
+        decode(doc, NUMERIC, classifier=True, binary=raw[:40])
+    with pytest.raises(ProtocolError, match="Inference-Header-Content-Length"):
+        decode(doc, NUMERIC, classifier=True)
+    doc["inputs"][0]["data"] = [0] * 6
+    with pytest.raises(ProtocolError, match="both 'data' and binary_data_size"):
+        decode(doc, NUMERIC, classifier=True, binary=raw)
+
+
+def test_split_binary_checks_the_header_length() -> None:
+    head, tail = split_binary(b'{"a": 1}xyz', 8)
+    assert bytes(head) == b'{"a": 1}' and bytes(tail) == b"xyz"
+    for bad in (-1, 0, 12):
+        with pytest.raises(ProtocolError, match="Inference-Header-Content-Length"):
+            split_binary(b'{"a": 1}xyz', bad)
+
+
+@pytest.mark.parametrize("datatype", ["INT8", "UINT8", "UINT16", "INT32"])
+def test_json_integers_out_of_their_datatypes_range_are_400s(datatype: str) -> None:
+    too_big = int(np.iinfo(RAW_DTYPES[datatype]).max) + 1
+    doc = {"inputs": [tensor("x", [1, 3], datatype, [1, 2, too_big])]}
+    with pytest.raises(ProtocolError, match=f"out of range for {datatype}"):
+        decode(doc, NUMERIC, classifier=True)
+    doc = {"inputs": [tensor("x", [1, 3], datatype, [1, 2, -129])]}
+    if datatype.startswith("U") or datatype == "INT8":
+        with pytest.raises(ProtocolError, match="out of range"):
+            decode(doc, NUMERIC, classifier=True)
+
+
+def test_bytes_for_numeric_features_names_the_datatype() -> None:
+    with pytest.raises(ProtocolError, match="not BYTES"):
+        decode(
+            {"inputs": [tensor("x", [1, 3], "BYTES", ["1", "2", "3"])]}, NUMERIC, classifier=True
+        )
+
+
+def test_requested_outputs_only_those_named_in_order_with_their_binary_flag() -> None:
+    assert output_specs(None, None, True) is DEFAULT_OUTPUTS
+    assert output_specs(None, {"binary_data_output": True}, True) == (OutputSpec("predict", True),)
+    assert output_specs(None, {"probabilities": True, "binary_data_output": True}, True) == (
+        OutputSpec("predict", True),
+        OutputSpec("predict_proba", True),
+    )
+    named = [
+        {"name": "predict_proba", "parameters": {"binary_data": True}},
+        {"name": "predict"},
+    ]
+    assert output_specs(named, None, True) == (
+        OutputSpec("predict_proba", True),
+        OutputSpec("predict", False),
+    )
+    # The request-level flag is the default; an output's own flag wins.
+    mixed = [{"name": "predict", "parameters": {"binary_data": False}}, {"name": "predict_proba"}]
+    assert output_specs(mixed, {"binary_data_output": True}, True) == (
+        OutputSpec("predict", False),
+        OutputSpec("predict_proba", True),
+    )
+    d = decode(
+        {
+            "inputs": [tensor("x", [1, 3], "FP64", [1, 2, 3])],
+            "outputs": [{"name": "predict_proba"}],
+        },
+        NUMERIC,
+        classifier=True,
+    )
+    assert d.proba and d.outputs == (OutputSpec("predict_proba"),)
+
+
+@pytest.mark.parametrize(
+    ("outputs", "params", "classifier", "message"),
+    [
+        ([{"name": "scores"}], None, True, "unknown output 'scores'"),
+        ([{"name": "predict"}, {"name": "predict"}], None, True, "asked for twice"),
+        ([{"nom": "predict"}], None, True, "no string 'name'"),
+        ([], None, True, "non-empty list"),
+        ({"name": "predict"}, None, True, "non-empty list"),
+        ([{"name": "predict_proba"}], None, False, "only available for classifiers"),
+        ([{"name": "predict", "parameters": {"binary_data": 1}}], None, True, "binary_data"),
+        ([{"name": "predict", "parameters": {"classification": 2}}], None, True, "classif"),
+        (None, {"binary_data_output": "yes"}, True, "binary_data_output"),
+        (None, {"probabilities": True}, False, "only available for classifiers"),
+    ],
+)
+def test_bad_requested_outputs_are_400s(
+    outputs: Any, params: Any, classifier: bool, message: str
+) -> None:
+    with pytest.raises(ProtocolError, match=message):
+        output_specs(outputs, params, classifier)
+
+
+@pytest.mark.parametrize(
+    ("datatype", "values", "expected"),
+    [
+        ("FP64", np.array([1.5, -2.0]), np.array([1.5, -2.0], "<f8").tobytes()),
+        ("INT64", [1, 2], np.array([1, 2], "<i8").tobytes()),
+        ("BOOL", [True, False], b"\x01\x00"),
+        ("BYTES", ["setosa", "é"], bytes_tensor(b"setosa", "é".encode())),
+    ],
+)
+def test_raw_from_array_is_what_array_from_raw_reads(
+    datatype: str, values: Any, expected: bytes
+) -> None:
+    raw = raw_from_array(datatype, values)
+    assert raw == expected
+    back = array_from_raw("y", datatype, (2,), raw)
+    assert back.tolist() == list(values)
+
+
+def test_encode_response_puts_binary_after_the_json_header() -> None:
+    body, length = encode_response({"outputs": []}, [b"\x01\x02", b"\x03"])
+    assert length == len(b'{"outputs":[]}') and body[length:] == b"\x01\x02\x03"
+    assert encode_response({"outputs": []}, []) == (b'{"outputs":[]}', None)
+
+
+def test_deep_nesting_is_a_400_not_a_crash() -> None:
+    deep = b'{"inputs": [{"data": ' + b"[" * 5000 + b"]" * 5000 + b"}]}"
+    with pytest.raises(ProtocolError, match="too deeply"):
+        parse_json(deep)
+    # Under the parser's limit, numpy's dimension limit answers instead.
+    nested = "[" * 100 + "1" + "]" * 100
+    doc = parse_json(b'{"inputs": [%s]}' % json.dumps(tensor("x", [1, 3], "FP64", 0)).encode())
+    doc["inputs"][0]["data"] = json.loads(nested)
+    with pytest.raises(ProtocolError):
+        decode(doc, NUMERIC, classifier=True)
+
+
+def test_compressed_bodies_inflate_within_the_limit() -> None:
+    import gzip
+    import zlib
+
+    body = b'{"inputs": []}'
+    assert decompress(gzip.compress(body), "gzip", 100) == body
+    assert decompress(zlib.compress(body), "deflate", 100) == body
+    assert decompress(body, "identity", 100) == body
+    with pytest.raises(ProtocolError) as info:
+        decompress(gzip.compress(bytes(10_000)), "gzip", 1000)
+    assert info.value.status == 413
+    with pytest.raises(ProtocolError) as info:
+        decompress(body, "br", 100)
+    assert info.value.status == 415
+    with pytest.raises(ProtocolError, match="could not be decompressed"):
+        decompress(b"not gzip", "gzip", 100)
+    with pytest.raises(ProtocolError, match="truncated"):
+        decompress(gzip.compress(body)[:-12], "gzip", 100)
