@@ -35,8 +35,7 @@ import threading
 import time
 from collections.abc import Coroutine
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 import kopf
 import yaml
@@ -68,7 +67,7 @@ OPERATOR = "modelops-operator"
 IN_CLUSTER_S3 = "minio.modelops-system.svc:9000"
 
 
-class LocalCluster:
+class LocalCluster(processes.Lifecycle):
     def __init__(
         self,
         state_dir: Path,
@@ -108,25 +107,6 @@ class LocalCluster:
         return self.s3.store()
 
     # -- lifecycle --
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
 
     def _start(self) -> None:
         for stale in ("pods", "s3", "logs"):  # a fresh cluster: etcd starts empty too

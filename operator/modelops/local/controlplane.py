@@ -35,8 +35,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import kopf
 import yaml
@@ -95,7 +94,7 @@ def default_binary() -> Path:
     return path
 
 
-class ControlPlane:
+class ControlPlane(processes.Lifecycle):
     """etcd + kube-apiserver + kube-controller-manager + kube-scheduler, on free loopback ports."""
 
     def __init__(
@@ -146,25 +145,6 @@ class ControlPlane:
         return context
 
     # -- lifecycle --
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
 
     def _start(self) -> None:
         binary = self.binary or default_binary()

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
+from typing import Self
 
 _PR_SET_PDEATHSIG = 1
 _groups: dict[int, str] = {}  # process-group id -> what it is, for the atexit net
@@ -134,3 +135,29 @@ def kill_all(grace: float = 3.0) -> None:
 
 
 atexit.register(kill_all)
+
+
+class Lifecycle:
+    """``start()`` runs ``_start()`` and, when it fails half-way, ``stop()``s what it began;
+    ``with thing:`` starts and stops it. Subclasses write ``_start`` and an idempotent ``stop``.
+    """
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
