@@ -264,7 +264,7 @@ def _head(t: Any, i: int) -> tuple[str, tuple[int, ...], str]:
     for d in shape:
         if type(d) is not int or d < 0:
             raise ProtocolError(f"input {name!r}: 'shape' must be a list of non-negative integers")
-    if datatype not in KNOWN_TYPES:
+    if not isinstance(datatype, str) or datatype not in KNOWN_TYPES:
         raise ProtocolError(
             f"input {name!r}: datatype {datatype!r} is not one of {', '.join(sorted(KNOWN_TYPES))}"
         )
@@ -332,7 +332,7 @@ def array_from_raw(
     count = math.prod(shape)
     if datatype == "BYTES":
         return _bytes_elements(name, raw, count).reshape(shape)
-    dtype = RAW_DTYPES.get(datatype)
+    dtype = RAW_DTYPES.get(datatype) if isinstance(datatype, str) else None
     if dtype is None:
         raise ProtocolError(
             f"input {name!r}: datatype {datatype!r} is not one of {', '.join(sorted(KNOWN_TYPES))}"
