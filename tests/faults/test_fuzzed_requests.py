@@ -316,7 +316,8 @@ def raw_tensor(tensor: dict[str, Any]) -> bytes:
     if datatype == "BYTES":
         encoded = [str(v).encode() for v in data]
         return b"".join(struct.pack("<I", len(b)) + b for b in encoded)
-    return np.asarray(data, dtype=RAW_TYPES[datatype]).tobytes()
+    with np.errstate(over="ignore"):  # out-of-range values wrap: the server must still cope
+        return np.asarray(data, dtype=RAW_TYPES[datatype]).tobytes()
 
 
 @st.composite
