@@ -226,40 +226,36 @@ def service(dep: Deployment, name: str, version: str | None = None) -> dict[str,
 
 
 def http_route(dep: Deployment, backends: list[tuple[str, int]]) -> dict[str, Any]:
-    assert dep.spec.gateway is not None, "the CRD requires gateway with routing: gateway"
-    return {
-        "apiVersion": "gateway.networking.k8s.io/v1",
-        "kind": "HTTPRoute",
-        "metadata": _meta(dep, dep.metadata["name"]),
-        "spec": {
-            "parentRefs": [p.wire() for p in dep.spec.gateway.parent_refs],
-            "rules": [
-                {
-                    "matches": [{"path": {"type": "PathPrefix", "value": "/v2"}}],
-                    "backendRefs": [
-                        {"name": name, "port": PORT, "weight": weight} for name, weight in backends
-                    ],
-                }
-            ],
-        },
-    }
+    """The HTTPRoute of gateway routing: ``/v2`` to each version's Service, by weight."""
+    match = {"path": {"type": "PathPrefix", "value": "/v2"}}
+    return _route(dep, "HTTPRoute", match, PORT, backends)
 
 
 def grpc_route(dep: Deployment, backends: list[tuple[str, int]]) -> dict[str, Any]:
     """The gRPC twin of :func:`http_route`: same parents, same backends and weights."""
+    match = {"method": {"type": "Exact", "service": GRPC_SERVICE}}
+    return _route(dep, "GRPCRoute", match, GRPC_PORT, backends)
+
+
+def _route(
+    dep: Deployment,
+    kind: str,
+    match: dict[str, Any],
+    port: int,
+    backends: list[tuple[str, int]],
+) -> dict[str, Any]:
     assert dep.spec.gateway is not None, "the CRD requires gateway with routing: gateway"
     return {
         "apiVersion": "gateway.networking.k8s.io/v1",
-        "kind": "GRPCRoute",
+        "kind": kind,
         "metadata": _meta(dep, dep.metadata["name"]),
         "spec": {
             "parentRefs": [p.wire() for p in dep.spec.gateway.parent_refs],
             "rules": [
                 {
-                    "matches": [{"method": {"type": "Exact", "service": GRPC_SERVICE}}],
+                    "matches": [match],
                     "backendRefs": [
-                        {"name": name, "port": GRPC_PORT, "weight": weight}
-                        for name, weight in backends
+                        {"name": name, "port": port, "weight": weight} for name, weight in backends
                     ],
                 }
             ],
