@@ -188,6 +188,13 @@ class Cluster:
                 raise ApiError(status, text)
             return _json(text)
 
+    async def request(
+        self, method: str, url: str, *, json: Any = None, content_type: str | None = None
+    ) -> JsonDict:
+        """Any call by path under the server (``/api/v1/...``), with the retries and re-login
+        of every other method; raises :class:`ApiError`."""
+        return await self._call(method, url, json=json, content_type=content_type)
+
     async def _pause(self, attempt: int, retry_after: str | None) -> None:
         self.retries += 1
         try:

@@ -316,17 +316,7 @@ class ProcessKubelet:
     ) -> Obj:
         """One call to the API server as the node; raises ApiError for 4xx/5xx."""
         assert self.cluster is not None
-        async with self.cluster.session.request(
-            method,
-            self.cluster.server + url,
-            data=None if body is None else json.dumps(body),
-            headers={"Content-Type": content_type},
-        ) as response:
-            text = await response.text()
-            if response.status >= 400:
-                raise ApiError(response.status, text)
-            result: Obj = json.loads(text) if text else {}
-            return result
+        return await self.cluster.request(method, url, json=body, content_type=content_type)
 
     # -- the Node and its Lease --
 
