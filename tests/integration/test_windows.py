@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY
 
 from modelops.controllers import windows
 from modelops.drift import Sketch, build_profile
+from modelops.drift.quality import Agreement, QualityCounts
 from modelops.local.s3server import S3Server
 from modelops.storage import ArtifactStore, Location
 
@@ -71,3 +72,36 @@ async def test_each_window_is_read_once_and_old_or_foreign_ones_not_counted(
     assert got is not None
     for name, feature in direct.features.items():
         assert np.array_equal(got.features[name].counts, feature.counts), name
+
+
+def put_quality(store: ArtifactStore, prefix: str, start: float, pod: str, doc: dict) -> None:
+    store.put(Location(BUCKET, f"{prefix}{int(start)}-{pod}.json"), json.dumps(doc).encode())
+
+
+async def test_quality_objects_add_up_and_malformed_ones_are_skipped(s3: S3Server) -> None:
+    store = s3.store()
+    store.ensure_bucket(BUCKET)
+    prefix = f"ns-{uuid.uuid4().hex[:8]}/quality/iris/iris-v1/"
+    now = time.time()
+    left = QualityCounts.empty("classification", ["a", "b"])
+    left.add_classification(["a", "a", "b"], ["a", "b", "b"])
+    right = QualityCounts.empty("classification", ["b", "a"])
+    right.add_classification(["b"], ["a"])
+    agreement = Agreement(compared=4, agreed=3)
+    put_quality(store, prefix, now - 20, "pod-a", {"quality": left.to_dict()})
+    put_quality(
+        store,
+        prefix,
+        now - 10,
+        "pod-b",
+        {"quality": right.to_dict(), "agreement": agreement.to_dict(), "feedback": {"joined": 1}},
+    )
+    put_quality(store, prefix, now - 5, "pod-c", {"quality": {"task": "ranking"}})
+
+    merged = await windows.merged_quality(store, BUCKET, prefix, 300.0)
+
+    assert merged is not None and merged.quality is not None
+    assert merged.quality.labels == 4
+    assert merged.quality.value("accuracy") == 0.5
+    assert merged.agreement == agreement
+    assert merged.feedback == {"joined": 1}

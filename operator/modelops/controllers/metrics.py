@@ -76,6 +76,10 @@ SKETCH_WINDOWS_READ = Counter(
     "modelops_sketch_windows_read_total",
     "Serving-pod sketch windows read from the store by drift monitors (each is read once)",
 )
+QUALITY_WINDOWS_MALFORMED = Counter(
+    "modelops_quality_windows_malformed_total",
+    "Serving-pod quality objects skipped because they could not be parsed",
+)
 RETRAINS = Counter(
     "modelops_retrains_total", "TrainingRuns created by drift monitors", ["namespace", "monitor"]
 )
