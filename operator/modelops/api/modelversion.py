@@ -15,6 +15,7 @@ from modelops.api.common import (
     NameRule,
     Resource,
 )
+from modelops.api.trainingrun import RetrainTrigger
 
 
 class Feature(Model):
@@ -43,6 +44,10 @@ class Lineage(Model):
     params: dict[str, int | float | str | bool | None] = Field(default_factory=dict)
     seed: int
     image: str | None = None
+    trigger: RetrainTrigger | None = None
+    """What started the run, when a DriftMonitor did (annotation ``modelops.dev/trigger``)."""
+    trigger_detail: str | None = Field(default=None, max_length=1024)
+    """Why, in one line (annotation ``modelops.dev/trigger-detail``)."""
 
 
 class ModelVersionSpec(Model):

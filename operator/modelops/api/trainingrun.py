@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-from pydantic import Field
+from pydantic import ConfigDict, Field, model_validator
 
 from modelops.api.common import (
     CONDITIONS_FIELD,
@@ -38,12 +38,22 @@ ESTIMATORS: tuple[str, ...] = get_args(EstimatorName)
 
 ParamValue = int | float | str | bool | None
 
+RetrainTrigger = Literal["drift", "quality", "new-data", "schedule"]
+"""What made a DriftMonitor start a retraining run: its drift check fired, a quality rule
+fired, new data arrived under its dataset URI, or a slot of its cron schedule came."""
+
+
+OBJECT_URI_MESSAGE = (
+    "spec.dataset.uri must name one object, s3://<bucket>/<key>, not a prefix ending in '/'"
+    " (a prefix is allowed only in a DriftMonitor's spec.retrain.template with onNewData)"
+)
+
 
 class Dataset(Model):
     """Where the training data lives and which column is the target."""
 
     uri: str = Field(pattern=r"^s3://[^/]+/.+$")
-    """``s3://<bucket>/<key>`` of a CSV or Parquet file."""
+    """``s3://<bucket>/<key>`` of a CSV or Parquet file; a prefix only in a retrain template."""
     format: Literal["csv", "parquet"] | None = None
     """File format; inferred from the key's extension when omitted."""
     target: str = Field(min_length=1)
@@ -71,7 +81,9 @@ class Register(Model):
     """Passed to the ModelVersion: Delete removes its artifacts when it is deleted."""
 
 
-class TrainingRunSpec(Model):
+class TrainingRunTemplate(Model):
+    """The fields of a TrainingRun's spec, as a DriftMonitor's retrain template holds them."""
+
     model: str = Field(pattern=NAME_PATTERN, max_length=40)
     """Model name; ModelVersions are named ``<model>-v<N>``."""
     dataset: Dataset
@@ -86,6 +98,29 @@ class TrainingRunSpec(Model):
     backoff_limit: int = Field(default=0, ge=0, le=10)
     active_deadline_seconds: int = Field(default=3600, ge=1)
     ttl_seconds_after_finished: int = Field(default=86400, ge=0)
+
+
+class TrainingRunSpec(TrainingRunTemplate):
+    """A TrainingRun's spec: a template whose dataset is one object, never a prefix."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!self.dataset.uri.endsWith('/')",
+                    "message": OBJECT_URI_MESSAGE,
+                    "fieldPath": ".dataset.uri",
+                }
+            ]
+        }
+    )
+
+    @model_validator(mode="after")
+    def _dataset_is_an_object(self) -> TrainingRunSpec:
+        # The CRD's CEL rule says the same; this catches objects that bypassed admission.
+        if self.dataset.uri.endswith("/"):
+            raise ValueError(OBJECT_URI_MESSAGE)
+        return self
 
 
 TrainingPhase = Literal["Pending", "Running", "Succeeded", "Failed"]

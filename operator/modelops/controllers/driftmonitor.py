@@ -1,34 +1,61 @@
-"""DriftMonitor controller: merge the live sketches of a version, test them, act on drift."""
+"""DriftMonitor controller: merge the live sketches and joined labels of a version, test them
+(input drift, live quality), act when either fires."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
+from prometheus_client import Gauge
 from pydantic import ValidationError
 
 from modelops import API_VERSION, GROUP, VERSION
-from modelops.api.common import now_iso, parse_duration
-from modelops.api.driftmonitor import DriftMonitor
+from modelops.api.common import get_condition, now_iso, parse_duration
+from modelops.api.driftmonitor import DriftMonitor, QualityRule
 from modelops.controllers.cluster import ApiError
-from modelops.controllers.deployment import iso, parse_time
+from modelops.controllers.deployment import parse_time
 from modelops.controllers.main import get_settings, runtime
-from modelops.controllers.metrics import DRIFT_DETECTED, DRIFT_SCORE, RETRAINS
+from modelops.controllers.metrics import (
+    DRIFT_DETECTED,
+    DRIFT_SCORE,
+    MODEL_QUALITY,
+    QUALITY_LABELS,
+    UNDERPERFORMING,
+)
 from modelops.controllers.status import StatusWriter, invalid_spec, reconciling
-from modelops.controllers.windows import merged_windows
+from modelops.controllers.triggers import check_triggers, start_retrain
+from modelops.controllers.windows import LiveQuality, merged_quality, merged_windows
 from modelops.drift import DriftReport, Sketch, detect
 from modelops.drift.detect import missing_features
-from modelops.resources.training import retrain_run
+from modelops.drift.quality import Task
+from modelops.quality_rules import (
+    DETECTED_EVENT,
+    DISPLAYED,
+    QUALITY_CONDITION,
+    RECOVERED_EVENT,
+    Baseline,
+    QualityVerdict,
+    baseline_kind,
+    evaluate,
+    metric_for,
+    spec_problem,
+)
 from modelops.storage import ArtifactError, Location
 
 _profiles: dict[str, dict[str, Any]] = {}
 """Reference profiles by sha256: verified once, immutable after."""
 CHECK_FAILED = "CheckFailed"
-"""Drifted=Unknown: the check raised; the message names the error. Retried next interval."""
+"""Drifted=Unknown (and Underperforming=Unknown): the check raised; the message names the
+error. Retried next interval."""
+FEEDBACK_PREFIX = "-"
+"""The pseudo-version under which serving pods write a Deployment's feedback counters."""
+ALL_DISPLAYED = tuple(m for task in DISPLAYED.values() for m in task)
 
 
 # One level-triggered path per object: a timer fires at once for new and resumed objects,
@@ -49,6 +76,8 @@ async def reconcile_drift_monitor(
             status.set(lastCheckTime=now_iso())
             message = f"{type(exc).__name__}: {exc}"[:1000]
             _unknown(status, meta["name"], meta["namespace"], CHECK_FAILED, message)
+            if (body.get("spec") or {}).get("quality") is not None:
+                _quality_unknown(status, meta["name"], meta["namespace"], CHECK_FAILED, message)
             if isinstance(exc, ApiError):
                 raise  # reconciling() decides between Stalled and a retry
 
@@ -63,6 +92,8 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) ->
         message = invalid_spec(exc)
         status.set(phase="Pending", message=message)
         status.condition("Drifted", "Unknown", "InvalidSpec", message)
+        if (body.get("spec") or {}).get("quality") is not None:
+            status.condition(QUALITY_CONDITION, "Unknown", "InvalidSpec", message)
         return
     spec = monitor.spec
     generation_seen = current.get("observedGeneration") == body["metadata"].get("generation")
@@ -71,27 +102,68 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) ->
         return
     namespace, name = monitor.metadata["namespace"], monitor.metadata["name"]
     status.set(lastCheckTime=now_iso())
+    await check_triggers(monitor, body, status, current)  # new data, schedule: no traffic needed
 
-    # 2: which version's traffic, and its reference profile
-    version, why = await _target_version(monitor)
-    if version is None:
-        _unknown(status, name, namespace, "NoTarget", why)
+    # 2: which version's traffic
+    target = await _target_version(monitor)
+    if target.version is None:
+        _unknown(status, name, namespace, "NoTarget", target.why)
+        if spec.quality is not None:
+            _quality_unknown(status, name, namespace, "NoTarget", target.why)
         return
+    version = target.version
     status.set(version=version)
+    mv = await runtime.cluster.get(API_VERSION, "ModelVersion", namespace, version)
+
+    # 3: input drift, from the pods' sketch windows
+    report = await _check_drift(monitor, status, version, mv)
+
+    # 4: live quality, from the joined labels (whatever the input sample count)
     try:
-        profile = await _profile(namespace, version)
+        verdict = await _check_quality(monitor, status, target, mv)
+    except ApiError:
+        raise
+    except Exception as exc:
+        # The store failing under the quality check leaves the drift verdict standing.
+        logger.exception("DriftMonitor quality check failed")
+        message = f"{type(exc).__name__}: {exc}"[:1000]
+        _quality_unknown(status, name, namespace, CHECK_FAILED, message)
+        verdict = None
+
+    # 5: act
+    if report is not None and report.dataset_drift and spec.action == "retrain":
+        await start_retrain(
+            monitor,
+            body,
+            status,
+            current,
+            "drift",
+            f"dataset drift in {version}, share {report.drifted_share:.2f}",
+        )
+    if verdict is not None and verdict.fired and spec.action == "retrain":
+        await start_retrain(monitor, body, status, current, "quality", verdict.message)
+
+
+async def _check_drift(
+    monitor: DriftMonitor, status: StatusWriter, version: str, mv: dict[str, Any] | None
+) -> DriftReport | None:
+    """Test the version's merged sketches against its reference profile and report it
+    (``Drifted``, phase, scores, gauges); None when no test could run (reported too)."""
+    spec = monitor.spec
+    namespace, name = monitor.metadata["namespace"], monitor.metadata["name"]
+    try:
+        profile = await _profile(version, mv)
     except (ArtifactError, LookupError) as exc:
         _unknown(status, name, namespace, getattr(exc, "reason", "ProfileMissing"), str(exc))
-        return
+        return None
 
-    # 3: merge the pods' windows and test them
     window = parse_duration(spec.window)
     merged = await _merged_sketch(namespace, spec.deployment, version, profile, window)
     samples = merged.n_rows if merged else 0
     status.set(samples=samples)
     if problem := _spec_problem(monitor, profile, version):
         _unknown(status, name, namespace, "InvalidSpec", problem)
-        return
+        return None
     if merged is None or samples < spec.min_samples:
         _unknown(
             status,
@@ -100,7 +172,7 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) ->
             "InsufficientData",
             f"{samples} samples of {version} in the last {spec.window}, need {spec.min_samples}",
         )
-        return
+        return None
     try:
         report = detect(
             profile,
@@ -114,12 +186,9 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) ->
         )
     except ValueError as exc:  # the spec asks what this profile cannot answer (a method)
         _unknown(status, name, namespace, "InvalidSpec", f"{exc} (for {version})")
-        return
+        return None
     _report(status, name, namespace, version, report)
-
-    # 4: act
-    if report.dataset_drift and spec.action == "retrain":
-        await _retrain(monitor, body, status, current)
+    return report
 
 
 def _spec_problem(monitor: DriftMonitor, profile: dict[str, Any], version: str) -> str:
@@ -186,27 +255,42 @@ def _report(
     DRIFT_DETECTED.labels(namespace, name).set(1 if report.dataset_drift else 0)
 
 
-async def _target_version(monitor: DriftMonitor) -> tuple[str | None, str]:
+@dataclass(frozen=True)
+class Target:
+    """The version a check watches, or why there is none; and the Deployment's status when
+    it was read to find it."""
+
+    version: str | None
+    why: str = ""
+    deployment: dict[str, Any] | None = None
+
+
+async def _target_version(monitor: DriftMonitor) -> Target:
     spec = monitor.spec
     if spec.version:
-        return spec.version, ""
-    dep = await runtime.cluster.get(
-        API_VERSION, "Deployment", monitor.metadata["namespace"], spec.deployment
-    )
-    if dep is None:
-        return None, f"Deployment {spec.deployment} not found"
-    dstatus = dep.get("status", {})
+        return Target(spec.version)
+    dstatus = await _deployment_status(monitor)
+    if dstatus is None:
+        return Target(None, f"Deployment {spec.deployment} not found")
     canary_live = dstatus.get("phase") == "Progressing" and (dstatus.get("canaryWeight") or 0) > 0
     if spec.traffic == "canary" or (spec.traffic == "auto" and canary_live):
         if not canary_live:
-            return None, f"Deployment {spec.deployment} has no canary taking traffic"
-        return dstatus.get("canaryVersion"), ""
+            return Target(None, f"Deployment {spec.deployment} has no canary taking traffic")
+        return Target(dstatus.get("canaryVersion"), "", dstatus)
     stable = dstatus.get("stableVersion")
-    return stable, "" if stable else f"Deployment {spec.deployment} serves no version yet"
+    why = "" if stable else f"Deployment {spec.deployment} serves no version yet"
+    return Target(stable, why, dstatus)
 
 
-async def _profile(namespace: str, version: str) -> dict[str, Any]:
-    mv = await runtime.cluster.get(API_VERSION, "ModelVersion", namespace, version)
+async def _deployment_status(monitor: DriftMonitor) -> dict[str, Any] | None:
+    """The watched Deployment's status ({} before its first), None when it does not exist."""
+    dep = await runtime.cluster.get(
+        API_VERSION, "Deployment", monitor.metadata["namespace"], monitor.spec.deployment
+    )
+    return None if dep is None else dict(dep.get("status") or {})
+
+
+async def _profile(version: str, mv: dict[str, Any] | None) -> dict[str, Any]:
     ref = (mv or {}).get("spec", {}).get("profile")
     if not ref:
         raise LookupError(f"ModelVersion {version} has no reference profile")
@@ -227,27 +311,140 @@ async def _merged_sketch(
     return await merged_windows(runtime.store, bucket, prefix, profile["fingerprint"], window)
 
 
-async def _retrain(
-    monitor: DriftMonitor, body: kopf.Body, status: StatusWriter, current: dict[str, Any]
+# -- live quality ------------------------------------------------------------------------------
+
+
+async def _check_quality(
+    monitor: DriftMonitor, status: StatusWriter, target: Target, mv: dict[str, Any] | None
+) -> QualityVerdict | None:
+    """Decide ``spec.quality`` for the target version and report it (``Underperforming``,
+    ``status.quality``, phase, gauges, Events); None when the monitor has no quality rule."""
+    spec, rule = monitor.spec, monitor.spec.quality
+    namespace, name = monitor.metadata["namespace"], monitor.metadata["name"]
+    if rule is None:
+        _forget_quality(status, namespace, name)
+        return None
+    version = target.version
+    assert version is not None, "checked by the caller"
+    if mv is None:
+        verdict = QualityVerdict("Unknown", "NoTarget", f"ModelVersion {version} not found")
+    else:
+        task: Task = mv["spec"]["signature"]["task"]
+        window = rule.window or spec.window
+        seconds = parse_duration(window)
+        live = await _live_quality(namespace, spec.deployment, version, seconds)
+        feedback = await _live_quality(namespace, spec.deployment, FEEDBACK_PREFIX, seconds)
+        baseline = None
+        if rule.max_degradation is not None and not spec_problem(rule, task, version):
+            baseline = await _baseline(monitor, rule, task, target, mv, seconds)
+        verdict = evaluate(
+            rule,
+            task,
+            version,
+            live.quality if live else None,
+            baseline,
+            window,
+            (live or LiveQuality()).merge(feedback or LiveQuality()).feedback,
+        )
+    _report_quality(status, name, namespace, verdict)
+    return verdict
+
+
+async def _baseline(
+    monitor: DriftMonitor,
+    rule: QualityRule,
+    task: Task,
+    target: Target,
+    mv: dict[str, Any],
+    seconds: float,
+) -> Baseline:
+    """What ``maxDegradation`` compares the target version with (see ``QualityRule``)."""
+    version = target.version
+    deployment = monitor.spec.deployment
+    dstatus: dict[str, Any] | None = None
+    if rule.baseline != "training":
+        dstatus = target.deployment
+        if dstatus is None:
+            dstatus = await _deployment_status(monitor)
+    stable = (dstatus or {}).get("stableVersion")
+    canary = (dstatus or {}).get("canaryVersion")
+    kind = baseline_kind(rule, version == canary and stable is not None and stable != version)
+    if kind == "training":
+        value = (mv["spec"].get("metrics") or {}).get(metric_for(rule, task))
+        return Baseline("training", version, value=None if value is None else float(value))
+    if dstatus is None:
+        return Baseline("stable", problem=f"baseline stable: Deployment {deployment} not found")
+    if not stable:
+        return Baseline("stable", problem=f"Deployment {deployment} serves no stable version yet")
+    if stable == version:
+        problem = (
+            f"{version} is {deployment}'s stable version: baseline stable compares another"
+            " version with it (use baseline training)"
+        )
+        return Baseline("stable", stable, problem=problem)
+    live = await _live_quality(monitor.metadata["namespace"], deployment, stable, seconds)
+    return Baseline("stable", stable, counts=live.quality if live else None)
+
+
+async def _live_quality(
+    namespace: str, deployment: str, version: str, window: float
+) -> LiveQuality | None:
+    """All pods' quality objects of the version (or ``-``: feedback counters) in the last
+    ``window`` seconds, added up."""
+    prefix = f"{namespace}/quality/{deployment}/{version}/"
+    return await merged_quality(runtime.store, get_settings().bucket, prefix, window)
+
+
+def _report_quality(
+    status: StatusWriter, name: str, namespace: str, verdict: QualityVerdict
 ) -> None:
-    """Create one TrainingRun per cooldown; its name is fixed before creation (restart-safe)."""
-    spec = monitor.spec
-    assert spec.retrain is not None, "the CRD requires retrain with action: retrain"
-    last = current.get("lastRetrainTime")
-    cooldown = parse_duration(spec.retrain.cooldown)
-    if last and time.time() - parse_time(last) < cooldown:
-        return
-    number = int(current.get("retrains") or 0) + 1
-    run = retrain_run(
-        monitor.metadata["name"],
-        monitor.metadata["namespace"],
-        number,
-        spec.retrain.template.wire(),
+    old = (get_condition(status.conditions, QUALITY_CONDITION) or {}).get("status")
+    # True and False post their own Events (below); Unknown posts its reason on a change.
+    unknown = verdict.status == "Unknown"
+    status.condition(
+        QUALITY_CONDITION, verdict.status, verdict.reason, verdict.message, event=unknown
     )
-    name = run["metadata"]["name"]
-    kopf.adopt(run, owner=body)
-    _, created = await runtime.cluster.create(run)
-    if created:
-        RETRAINS.labels(monitor.metadata["namespace"], monitor.metadata["name"]).inc()
-        kopf.info(body, reason="RetrainStarted", message=f"created TrainingRun {name}")
-    status.set(retrains=number, lastRetrain=name, lastRetrainTime=iso(time.time()))
+    if verdict.fired and old != "True":
+        kopf.warn(status.body, reason=DETECTED_EVENT, message=verdict.message)
+    elif verdict.status == "False" and old == "True":
+        kopf.info(status.body, reason=RECOVERED_EVENT, message=verdict.message)
+    quality = verdict.quality
+    # Every field written, None included: a merge patch would keep a stale sub-field.
+    status.set(quality=quality.model_dump(by_alias=True, mode="json") if quality else None)
+    if verdict.fired:
+        status.set(phase="Underperforming", message=verdict.message)
+    for metric in ALL_DISPLAYED:
+        if metric in verdict.gauges:
+            MODEL_QUALITY.labels(namespace, name, metric).set(verdict.gauges[metric])
+        else:
+            _remove(MODEL_QUALITY, namespace, name, metric)
+    if quality is not None:
+        QUALITY_LABELS.labels(namespace, name).set(quality.labels)
+    else:
+        _remove(QUALITY_LABELS, namespace, name)
+    UNDERPERFORMING.labels(namespace, name).set(1 if verdict.fired else 0)
+
+
+def _quality_unknown(
+    status: StatusWriter, name: str, namespace: str, reason: str, message: str
+) -> None:
+    status.condition(QUALITY_CONDITION, "Unknown", reason, message)
+    UNDERPERFORMING.labels(namespace, name).set(0)
+
+
+def _forget_quality(status: StatusWriter, namespace: str, name: str) -> None:
+    """A monitor whose quality rule was removed: no condition, status or gauges left of it."""
+    if "quality" in (status.body.get("status") or {}):
+        status.set(quality=None)
+    if get_condition(status.conditions, QUALITY_CONDITION):
+        status.conditions = [c for c in status.conditions if c.get("type") != QUALITY_CONDITION]
+        status.patch.status["conditions"] = status.conditions
+    for metric in ALL_DISPLAYED:
+        _remove(MODEL_QUALITY, namespace, name, metric)
+    _remove(QUALITY_LABELS, namespace, name)
+    _remove(UNDERPERFORMING, namespace, name)
+
+
+def _remove(gauge: Gauge, *labels: str) -> None:
+    with contextlib.suppress(KeyError):  # never set
+        gauge.remove(*labels)

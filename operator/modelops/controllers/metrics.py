@@ -83,3 +83,18 @@ QUALITY_WINDOWS_MALFORMED = Counter(
 RETRAINS = Counter(
     "modelops_retrains_total", "TrainingRuns created by drift monitors", ["namespace", "monitor"]
 )
+MODEL_QUALITY = Gauge(
+    "modelops_model_quality",
+    "Live quality of the monitored version on joined labels (accuracy and f1, or mae and rmse)",
+    ["namespace", "monitor", "metric"],
+)
+QUALITY_LABELS = Gauge(
+    "modelops_quality_labels",
+    "True labels joined for the monitored version in the monitor's quality window",
+    ["namespace", "monitor"],
+)
+UNDERPERFORMING = Gauge(
+    "modelops_underperforming",
+    "1 while a quality rule of the monitor fires (Underperforming=True)",
+    ["namespace", "monitor"],
+)

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, get_args
 
 from modelops import API_VERSION
 from modelops.api.modelversion import ModelVersionSpec
-from modelops.api.trainingrun import TrainingRun
+from modelops.api.trainingrun import RetrainTrigger, TrainingRun
 from modelops.resources.common import MODEL_LABEL, RUN_UID_LABEL, labels
+from modelops.resources.training import (
+    MAX_DETAIL,
+    TRIGGER_ANNOTATION,
+    TRIGGER_DETAIL_ANNOTATION,
+)
 from modelops.training.metrics import split_finite
 
 VERSION_LABEL = "modelops.dev/version"
@@ -49,6 +54,11 @@ def model_version(
     run: TrainingRun, summary: dict[str, Any], number: int, image: str
 ) -> dict[str, Any]:
     meta = run.metadata
+    annotations = meta.get("annotations") or {}
+    trigger = annotations.get(TRIGGER_ANNOTATION)
+    # A trigger written by hand that is none of ours is left out, not refused.
+    known = trigger in get_args(RetrainTrigger)
+    detail = str(annotations.get(TRIGGER_DETAIL_ANNOTATION) or "")[:MAX_DETAIL] if known else ""
     spec = ModelVersionSpec.model_validate(
         {
             "model": run.spec.model,
@@ -68,6 +78,8 @@ def model_version(
                 "params": run.spec.estimator.params,
                 "seed": run.spec.seed,
                 "image": image,
+                "trigger": trigger if known else None,
+                "triggerDetail": detail or None,
             },
         }
     )

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelops import API_VERSION, GROUP
-from modelops.api.trainingrun import TrainingRun
+from modelops.api.trainingrun import RetrainTrigger, TrainingRun
 from modelops.resources.common import (
     RUN_UID_LABEL,
     TMP_VOLUME,
@@ -79,17 +79,36 @@ def training_job(run: TrainingRun, settings: Settings) -> dict[str, Any]:
     }
 
 
+TRIGGER_ANNOTATION = f"{GROUP}/trigger"
+"""On a retraining TrainingRun: drift, quality, new-data or schedule (also a label)."""
+TRIGGER_DETAIL_ANNOTATION = f"{GROUP}/trigger-detail"
+"""On a retraining TrainingRun: why, in one line."""
+MAX_DETAIL = 1024
+
+
 def retrain_run(
-    monitor: str, namespace: str, number: int, template: dict[str, Any]
+    monitor: str,
+    namespace: str,
+    number: int,
+    template: dict[str, Any],
+    trigger: RetrainTrigger = "drift",
+    detail: str = "",
 ) -> dict[str, Any]:
-    """The TrainingRun a DriftMonitor creates; its name is fixed by the retrain's number."""
+    """The TrainingRun a DriftMonitor creates: ``<monitor>-retrain-<number>``, so a name is
+    fixed before creation (restart-safe), labelled with its monitor and trigger and
+    annotated with the trigger (``drift`` by default, the first there was) and ``detail``
+    (cut to 1024 characters)."""
     return {
         "apiVersion": API_VERSION,
         "kind": "TrainingRun",
         "metadata": {
             "name": child_name(monitor, f"retrain-{number}"),
             "namespace": namespace,
-            "labels": {f"{GROUP}/drift-monitor": monitor},
+            "labels": {f"{GROUP}/drift-monitor": monitor, TRIGGER_ANNOTATION: trigger},
+            "annotations": {
+                TRIGGER_ANNOTATION: trigger,
+                TRIGGER_DETAIL_ANNOTATION: detail[:MAX_DETAIL],
+            },
         },
         "spec": template,
     }

@@ -13,6 +13,7 @@ Datasets may live anywhere the credentials reach (``s3://<bucket>/<key>``).
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 import os
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 
 from minio import Minio
 from minio.error import S3Error
+from urllib3.exceptions import HTTPError
 
 
 class ArtifactError(Exception):
@@ -47,6 +49,24 @@ class Location:
     @property
     def uri(self) -> str:
         return f"s3://{self.bucket}/{self.key}"
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One object's identity as the store reports it, without its bytes.
+
+    ``etag`` is the S3 ETag without quotes (an MD5 of the bytes for a single-part upload;
+    it changes whenever the object is written anew); ``last_modified`` is UTC; ``size`` is
+    in bytes.
+    """
+
+    location: Location
+    etag: str
+    last_modified: dt.datetime
+    size: int
+
+
+MISSING_CODES = ("NoSuchKey", "NoSuchBucket", "NoSuchObject")
 
 
 def run_prefix(bucket: str, namespace: str, model: str, run_uid: str) -> Location:
@@ -137,10 +157,50 @@ class ArtifactStore:
         try:
             self.client.stat_object(loc.bucket, loc.key)
         except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject"):
+            if exc.code in MISSING_CODES:
                 return False
             raise
         return True
+
+    def stat(self, loc: Location) -> ObjectInfo | None:
+        """The object's ETag, last-modified time and size (one HEAD request); None if absent.
+
+        Raises :class:`ArtifactError` ``StoreUnavailable`` when the store does not answer or
+        refuses (bad credentials, a server error).
+        """
+        try:
+            obj = self.client.stat_object(loc.bucket, loc.key)
+        except S3Error as exc:
+            if exc.code in MISSING_CODES:
+                return None
+            raise ArtifactError(
+                "StoreUnavailable", f"{loc.uri}: {exc.code}: {exc.message}"
+            ) from None
+        except HTTPError as exc:
+            raise ArtifactError("StoreUnavailable", f"{loc.uri}: {exc}") from None
+        return _object_info(loc, obj.etag, obj.last_modified, obj.size)
+
+    def list_objects(self, loc: Location) -> list[ObjectInfo]:
+        """Every object under the prefix ``loc.key``, recursively, with ETag, last-modified
+        time and size: one ListObjectsV2 request per 1000 keys, no object read.
+
+        An absent bucket lists as empty. Raises :class:`ArtifactError` ``StoreUnavailable``
+        when the store does not answer or refuses.
+        """
+        try:
+            return [
+                _object_info(Location(loc.bucket, o.object_name), o.etag, o.last_modified, o.size)
+                for o in self.client.list_objects(loc.bucket, prefix=loc.key, recursive=True)
+                if o.object_name and not o.is_dir
+            ]
+        except S3Error as exc:
+            if exc.code == "NoSuchBucket":
+                return []
+            raise ArtifactError(
+                "StoreUnavailable", f"{loc.uri}: {exc.code}: {exc.message}"
+            ) from None
+        except HTTPError as exc:
+            raise ArtifactError("StoreUnavailable", f"{loc.uri}: {exc}") from None
 
     def list(self, loc: Location) -> list[str]:
         """Keys under a prefix, recursively."""
@@ -155,3 +215,12 @@ class ArtifactStore:
         for key in keys:
             self.client.remove_object(loc.bucket, key)
         return len(keys)
+
+
+def _object_info(
+    loc: Location, etag: str | None, modified: dt.datetime | None, size: int | None
+) -> ObjectInfo:
+    when = modified or dt.datetime.fromtimestamp(0, dt.UTC)
+    if when.tzinfo is None:  # S3 times are UTC, whether or not the client says so
+        when = when.replace(tzinfo=dt.UTC)
+    return ObjectInfo(loc, (etag or "").strip('"'), when, size or 0)
