@@ -1,4 +1,4 @@
-"""``python -m modelops``: run | train | serve | crds | local."""
+"""``python -m modelops``: run | train | serve | crds | local | report."""
 
 from __future__ import annotations
 
@@ -29,6 +29,10 @@ def _parser() -> argparse.ArgumentParser:
 
     local = sub.add_parser("local", help="the embedded single-machine cluster")
     local.add_argument("action", choices=["up", "demo", "down"])
+
+    sub.add_parser(
+        "report", help="write a DriftMonitor's drift report as one HTML file (see report -h)"
+    )
     return parser
 
 
@@ -39,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         from modelops.serving.app import main as serve_main
 
         return serve_main(argv[1:])
+    if argv[:1] == ["report"]:
+        # The same command as `kubectl modelops report`.
+        from modelops.insight.plugin import main as plugin_main
+
+        return plugin_main(argv, prog="modelops")
     args = _parser().parse_args(argv)
     if args.command == "run":
         from modelops.controllers.main import run_operator
