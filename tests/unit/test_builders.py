@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from modelops.resources.common import child_name, with_defaults
 from modelops.resources.modelversion import model_version, next_number
 from modelops.resources.serving import Route
 from modelops.resources.training import gate_failures, job_outcome, retrain_run, training_job
+from modelops.serving.table import RoutingTable
 from modelops.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -384,3 +386,81 @@ def test_servers_and_services_expose_a_grpc_port_over_h2c(routing: str) -> None:
         assert grpc["targetPort"] == "grpc" and grpc["appProtocol"] == "kubernetes.io/h2c"
     if routing == "model":
         assert not _by_kind(objects, "GRPCRoute")
+
+
+def routing_json(objects: list[dict[str, Any]], name: str = "iris-routing") -> dict[str, Any]:
+    [cm] = [o for o in _by_kind(objects, "ConfigMap") if o["metadata"]["name"] == name]
+    table: dict[str, Any] = json.loads(cm["data"][serving.ROUTING_KEY])
+    return table
+
+
+def weighted(stable: int, canary: int | None = None) -> list[Route]:
+    mv = yaml.safe_load((ROOT / "manifests/samples/modelversion-iris-v1.yaml").read_text())
+    routes = [Route("iris-v1", "stable", stable, mv["spec"])]
+    if canary is not None:
+        routes.append(Route("iris-v2", "canary", canary, mv["spec"]))
+    return routes
+
+
+def test_routing_table_of_a_plain_canary_says_mode_canary_without_sticky_header() -> None:
+    table = routing_json(serving.children(iris_deployment(), weighted(90, 10), SETTINGS))
+    assert (table["mode"], table["stickyHeader"]) == ("canary", None)
+    assert [(v["name"], v["weight"]) for v in table["versions"]] == [
+        ("iris-v1", 90),
+        ("iris-v2", 10),
+    ]
+
+
+def test_routing_table_of_a_shadow_gives_the_canary_weight_zero() -> None:
+    dep = iris_deployment(canary={"version": "latest", "mode": "shadow"})
+    table = routing_json(serving.children(dep, weighted(100, 0), SETTINGS))
+    assert table["mode"] == "shadow"
+    assert [(v["role"], v["weight"]) for v in table["versions"]] == [
+        ("stable", 100),
+        ("canary", 0),
+    ]
+
+
+def test_routing_table_of_an_abtest_carries_its_weights_and_sticky_header() -> None:
+    canary = {"version": "latest", "mode": "abtest", "analysis": {},
+              "abtest": {"weight": 30, "stickyHeader": "x-user-id"}}  # fmt: skip
+    table = routing_json(
+        serving.children(iris_deployment(canary=canary), weighted(70, 30), SETTINGS)
+    )
+    assert (table["mode"], table["stickyHeader"]) == ("abtest", "x-user-id")
+    assert [v["weight"] for v in table["versions"]] == [70, 30]
+
+
+def test_routing_table_without_a_canary_in_it_is_plain_whatever_the_mode() -> None:
+    """After a rollback or a promotion only stable is routed: nothing to mirror or stick to."""
+    dep = iris_deployment(canary={"version": "latest", "mode": "shadow"})
+    table = routing_json(serving.children(dep, weighted(100), SETTINGS))
+    assert (table["mode"], table["stickyHeader"]) == ("canary", None)
+
+
+def test_per_version_tables_of_gateway_routing_are_plain() -> None:
+    """The Gateway splits between the versions' pods; each pod serves one version."""
+    canary = {"version": "latest", "mode": "abtest", "analysis": {}}
+    dep = iris_deployment(canary=canary, routing="gateway",
+                          gateway={"parentRefs": [{"name": "public"}]})  # fmt: skip
+    objects = serving.children(dep, weighted(50, 50), SETTINGS)
+    for version in ("iris-v1", "iris-v2"):
+        table = routing_json(objects, serving.routing_name("iris", version))
+        assert table["mode"] == "canary" and len(table["versions"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("canary", "routes"),
+    [
+        ({"version": "latest", "mode": "shadow"}, weighted(100, 0)),
+        ({"version": "latest", "mode": "abtest", "analysis": {},
+          "abtest": {"weight": 30, "stickyHeader": "X-User-Id"}}, weighted(70, 30)),
+    ],
+    ids=["shadow", "abtest"],
+)  # fmt: skip
+def test_routing_table_reads_as_the_serving_pods_read_it(
+    canary: dict[str, Any], routes: list[Route]
+) -> None:
+    table = routing_json(serving.children(iris_deployment(canary=canary), routes, SETTINGS))
+    parsed = RoutingTable.model_validate(table)
+    assert (parsed.mode, parsed.sticky_header) == (table["mode"], table["stickyHeader"])

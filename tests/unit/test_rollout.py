@@ -1,4 +1,5 @@
-"""The canary state machine: steps on timers, promotion, rollbacks, manual actions."""
+"""The canary state machine: steps on timers, quality analysis, A/B tests, shadows,
+promotion, rollbacks, manual actions."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from typing import Any
 import pytest
 
 from modelops.api.deployment import DeploymentSpec
+from modelops.drift.quality import Agreement, QualityCounts
 from modelops.rollout import (
+    ANALYSIS_UNKNOWN,
+    AWAITING_ANALYSIS,
     GUARD_UNKNOWN,
     PROMOTE_PENDING,
     Facts,
@@ -17,6 +21,7 @@ from modelops.rollout import (
     Version,
     guard_verdict,
     plan,
+    quality_window,
 )
 
 
@@ -323,3 +328,359 @@ def test_unknown_action_is_consumed_and_ignored() -> None:
     result = run(state, facts(V1, V2, canary_loaded=True, action="pause"), 101)
     assert result.consume_action and result.state == state
     assert [e.reason for e in result.events] == ["ActionIgnored"]
+
+
+# --- canary analysis on live quality, A/B tests and shadows (issue 13, parts 3 and 4) ---------
+
+C1 = Version("iris-v1", 1, True, {"accuracy": 0.95}, "classification")
+C2 = Version("iris-v2", 2, True, {"accuracy": 0.97}, "classification")
+R1 = Version("iris-v1", 1, True, {"mae": 0.3}, "regression")
+R2 = Version("iris-v2", 2, True, {"mae": 0.2}, "regression")
+
+
+def labels(correct: int, total: int) -> QualityCounts:
+    """Classifier counts: ``correct`` of ``total`` labels predicted right."""
+    counts = QualityCounts.empty("classification", ["setosa", "virginica"])
+    counts.add_classification(
+        ["setosa"] * total, ["setosa"] * correct + ["virginica"] * (total - correct)
+    )
+    return counts
+
+
+def errors(values: list[float]) -> QualityCounts:
+    """Regressor counts of these (signed) errors against a target of 0."""
+    counts = QualityCounts.empty("regression")
+    counts.add_regression([0.0] * len(values), values)
+    return counts
+
+
+GOOD = {"canary_quality": labels(380, 400), "stable_quality": labels(380, 400)}
+"""Canary as good as stable: not worse at a 0.05 margin, not shown better."""
+BETTER = {"canary_quality": labels(395, 400), "stable_quality": labels(360, 400)}
+WORSE = {"canary_quality": labels(300, 400), "stable_quality": labels(380, 400)}
+FEW = {"canary_quality": labels(30, 30), "stable_quality": labels(380, 400)}
+
+
+def analysed(**analysis: Any) -> DeploymentSpec:
+    canary = {"version": "latest", "steps": [{"weight": 10, "pause": "30s"},
+                                             {"weight": 50, "pause": "1m"}],
+              "analysis": {"margin": 0.05} | analysis}  # fmt: skip
+    return spec(canary=canary)
+
+
+def cfacts(**changes: Any) -> Facts:
+    return Facts(versions=[C1, C2], canary_loaded=True, **changes)
+
+
+@pytest.mark.parametrize("step", [0, 1])
+def test_analysis_holds_the_step_past_its_pause_until_the_canary_is_shown_not_worse(
+    step: int,
+) -> None:
+    """Past the pause of step 1 (would advance) or of the last step (would promote)."""
+    state = progressing_at_step(step)
+    result = run(state, cfacts(**FEW), 1000, analysed())
+    assert result.state == state and result.events == []
+    assert result.reason == AWAITING_ANALYSIS
+    assert "accuracy iris-v2 1.0000 (30 labels) vs iris-v1 0.9500 (400 labels)" in result.waiting
+    assert result.analysis is not None and result.analysis.decision == "Undecided"
+
+
+def test_analysis_shown_not_worse_moves_the_canary_on_with_its_numbers() -> None:
+    result = run(progressing_at_step(0), cfacts(**GOOD), 130, analysed())
+    assert (result.state.step, result.state.weight) == (1, 50)
+    [event] = result.events
+    assert event.reason == "CanaryStep" and "margin 0.05" in event.message
+    assert event.analysis is not None and event.analysis.decision == "Passed"
+
+
+def test_analysis_shown_not_worse_after_the_last_step_promotes() -> None:
+    result = run(progressing_at_step(1), cfacts(**GOOD), 160, analysed())
+    assert (result.state.phase, result.state.stable) == ("Promoted", "iris-v2")
+    assert "passed 2 steps: accuracy" in result.events[-1].message
+
+
+def test_analysis_does_not_advance_a_step_before_its_pause() -> None:
+    result = run(progressing_at_step(0), cfacts(**GOOD), 110, analysed())
+    assert result.state == progressing_at_step(0) and result.events == []
+
+
+def test_canary_shown_worse_is_rolled_back_as_underperforming_with_its_numbers() -> None:
+    """During the pause too: clients are answered by it meanwhile."""
+    result = run(progressing_at_step(0), cfacts(**WORSE), 101, analysed())
+    s = result.state
+    assert (s.phase, s.weight, s.rejected) == ("RolledBack", 0, ("iris-v2",))
+    event = result.events[-1]
+    assert event.reason == "Underperforming" and event.warning
+    assert "accuracy iris-v2 0.7500 (400 labels) vs iris-v1 0.9500 (400 labels)" in event.message
+    report = event.analysis
+    assert report is not None and report.decision == "Failed"
+    assert (report.canary_labels, report.stable_labels) == (400, 400)
+    assert report.canary_value == 0.75 and report.stable_value == 0.95
+    assert report.z is not None and report.z < -1.645 and report.p_worse is not None
+    assert result.analysis == report
+
+
+def test_undecided_analysis_rolls_back_once_its_timeout_has_passed_after_the_pause() -> None:
+    s = analysed(timeout="5m")
+    state = progressing_at_step(0, started=100)  # pause 30s: ends at 130
+    assert run(state, cfacts(**FEW), 429, s).state == state
+    result = run(state, cfacts(**FEW), 430, s)
+    assert result.state.phase == "RolledBack"
+    assert result.events[-1].reason == "AnalysisInconclusive"
+    assert result.analysis is not None and result.analysis.decision == "Inconclusive"
+
+
+def test_analysis_without_timeout_holds_as_long_as_it_takes() -> None:
+    state = progressing_at_step(0)
+    assert run(state, cfacts(**FEW), 10**6, analysed()).state == state
+
+
+@pytest.mark.parametrize("step", [0, 1])
+def test_analysis_that_cannot_be_read_holds_the_canary_and_never_promotes(step: int) -> None:
+    state = progressing_at_step(step)
+    result = run(state, cfacts(quality_error="ArtifactError: store unreachable"), 1000, analysed())
+    assert result.state == state and result.reason == ANALYSIS_UNKNOWN
+    assert "store unreachable" in result.waiting
+
+
+def test_analysis_with_a_metric_of_the_other_task_holds_the_canary() -> None:
+    f = Facts(versions=[R1, R2], canary_loaded=True, canary_quality=errors([0.1] * 200),
+              stable_quality=errors([0.1] * 200))  # fmt: skip
+    result = run(progressing_at_step(0), f, 1000, analysed(metric="accuracy"))
+    assert result.reason == ANALYSIS_UNKNOWN and "accuracy needs a classification" in result.waiting
+
+
+def test_analysis_picks_mae_for_regressors() -> None:
+    f = Facts(versions=[R1, R2], canary_loaded=True, canary_quality=errors([0.5, -0.5] * 200),
+              stable_quality=errors([0.1, -0.1] * 200))  # fmt: skip
+    result = run(progressing_at_step(0), f, 101, analysed())
+    event = result.events[-1]
+    assert event.reason == "Underperforming"
+    assert "mae iris-v2 0.5000 (400 labels) vs iris-v1 0.1000 (400 labels)" in event.message
+
+
+def test_manual_promote_overrides_an_undecided_analysis() -> None:
+    result = run(progressing_at_step(0), cfacts(action="promote", **FEW), 101, analysed())
+    assert (result.state.phase, result.state.stable) == ("Promoted", "iris-v2")
+
+
+def abtest(**test: Any) -> DeploymentSpec:
+    return spec(canary={"version": "latest", "mode": "abtest", "analysis": {"margin": 0.05},
+                        "abtest": {"weight": 30, "maxDuration": "1h"} | test})  # fmt: skip
+
+
+def in_abtest(started: float = 100.0) -> State:
+    return State(phase="Progressing", stable="iris-v1", canary="iris-v2", weight=30, step=0,
+                 step_started=started)  # fmt: skip
+
+
+def test_abtest_starts_at_its_fixed_weight_once_loaded() -> None:
+    loading = State(phase="Progressing", stable="iris-v1", canary="iris-v2", weight=0)
+    result = run(loading, cfacts(), 50, abtest())
+    assert (result.state.step, result.state.weight, result.state.step_started) == (0, 30, 50)
+    assert result.routes() == [("iris-v1", "stable", 70), ("iris-v2", "canary", 30)]
+    assert [e.reason for e in result.events] == ["ABTestStarted"]
+
+
+def test_abtest_winner_is_promoted_and_the_decision_recorded_with_its_numbers() -> None:
+    result = run(in_abtest(), cfacts(**BETTER), 200, abtest())
+    assert (result.state.phase, result.state.stable) == ("Promoted", "iris-v2")
+    event = result.events[-1]
+    assert event.reason == "ABTestWon" and "accuracy iris-v2 0.9875" in event.message
+    assert event.analysis is not None and event.analysis.mode == "abtest"
+    assert event.analysis.margin == 0.0 and event.analysis.decision == "Passed"
+
+
+def test_abtest_loser_is_rolled_back() -> None:
+    result = run(in_abtest(), cfacts(**WORSE), 200, abtest())
+    assert result.state.phase == "RolledBack" and result.state.rejected == ("iris-v2",)
+    assert result.events[-1].reason == "ABTestLost"
+
+
+def test_abtest_promotes_only_a_canary_shown_better_whatever_the_margin() -> None:
+    """As good as stable is not-worse at analysis.margin 0.05, but no A/B win."""
+    result = run(in_abtest(), cfacts(**GOOD), 200, abtest())
+    assert result.state == in_abtest() and result.reason == AWAITING_ANALYSIS
+    assert "A/B test of iris-v2 (30%) against iris-v1, 3500s left" in result.waiting
+
+
+def test_abtest_undecided_at_max_duration_keeps_stable_and_rolls_the_candidate_back() -> None:
+    result = run(in_abtest(started=100), cfacts(**GOOD), 3700, abtest())
+    s = result.state
+    assert (s.phase, s.stable, s.rejected) == ("RolledBack", "iris-v1", ("iris-v2",))
+    event = result.events[-1]
+    assert event.reason == "ABTestInconclusive" and "iris-v1 stays" in event.message
+    assert event.analysis is not None and event.analysis.decision == "Inconclusive"
+
+
+def test_abtest_win_waits_for_a_guard_that_cannot_evaluate_the_canary() -> None:
+    result = run(in_abtest(), cfacts(unknown_guards=BROKEN, **BETTER), 200, abtest())
+    assert result.state == in_abtest() and result.reason == GUARD_UNKNOWN
+
+
+def test_abort_overrides_an_abtest() -> None:
+    result = run(in_abtest(), cfacts(action="abort", **BETTER), 200, abtest())
+    assert result.state.phase == "RolledBack" and result.events[-1].reason == "ManualAbort"
+
+
+def shadow(analysis: dict[str, Any] | None = None, **gates: Any) -> DeploymentSpec:
+    gated = {"duration": "10m", "minCompared": 100} | gates
+    canary: dict[str, Any] = {"version": "latest", "mode": "shadow", "shadow": gated}
+    if analysis is not None:
+        canary["analysis"] = analysis
+    return spec(canary=canary)
+
+
+def shadowing(started: float = 100.0) -> State:
+    return State(phase="Progressing", stable="iris-v1", canary="iris-v2", weight=0, step=0,
+                 step_started=started)  # fmt: skip
+
+
+AFTER = 100 + 600  # the shadow's duration has passed
+
+
+def test_shadow_starts_with_the_canary_at_weight_zero() -> None:
+    loading = State(phase="Progressing", stable="iris-v1", canary="iris-v2", weight=0)
+    result = run(loading, cfacts(), 50, shadow(minAgreement=0.9))
+    assert (result.state.step, result.state.weight) == (0, 0)
+    assert result.routes() == [("iris-v1", "stable", 100), ("iris-v2", "canary", 0)]
+    assert [e.reason for e in result.events] == ["ShadowStarted"]
+
+
+def test_shadow_decides_nothing_before_its_duration() -> None:
+    f = cfacts(agreement=Agreement(compared=500, agreed=100))
+    result = run(shadowing(), f, AFTER - 1, shadow(minAgreement=0.9))
+    assert result.state == shadowing() and result.events == []
+    assert "shadowing iris-v2 for 1s more" in result.waiting
+
+
+def test_shadow_that_agrees_with_stable_is_promoted() -> None:
+    f = cfacts(agreement=Agreement(compared=500, agreed=490))
+    result = run(shadowing(), f, AFTER, shadow(minAgreement=0.95))
+    assert (result.state.phase, result.state.stable) == ("Promoted", "iris-v2")
+    assert "agreement with iris-v1 0.9800 over 500 rows >= 0.95" in result.events[-1].message
+    report = result.events[-1].analysis
+    assert report is not None and (report.agreement, report.compared) == (0.98, 500)
+
+
+def test_shadow_that_disagrees_with_stable_is_rolled_back() -> None:
+    f = cfacts(agreement=Agreement(compared=500, agreed=400))
+    result = run(shadowing(), f, AFTER, shadow(minAgreement=0.95))
+    assert result.state.phase == "RolledBack"
+    event = result.events[-1]
+    assert event.reason == "ShadowDisagrees" and "0.8000 over 500 rows < 0.95" in event.message
+
+
+def test_shadow_with_too_few_compared_rows_is_held() -> None:
+    f = cfacts(agreement=Agreement(compared=50, agreed=50))
+    result = run(shadowing(), f, AFTER + 10**5, shadow(minAgreement=0.95))
+    assert result.state == shadowing() and result.reason == AWAITING_ANALYSIS
+    assert "50 rows compared with iris-v1, 100 needed" in result.waiting
+
+
+def test_shadow_undecided_past_the_analysis_timeout_is_rolled_back() -> None:
+    f = cfacts(agreement=Agreement(compared=50, agreed=50))
+    s = shadow({"timeout": "1m"}, minAgreement=0.95)
+    assert run(shadowing(), f, AFTER + 59, s).state == shadowing()
+    assert run(shadowing(), f, AFTER + 60, s).events[-1].reason == "AnalysisInconclusive"
+
+
+def test_shadow_regressor_is_gated_on_mean_absolute_difference() -> None:
+    far = Facts(versions=[R1, R2], canary_loaded=True,
+                agreement=Agreement(compared=200, sum_abs_difference=100.0))  # fmt: skip
+    result = run(shadowing(), far, AFTER, shadow(maxMeanAbsDifference=0.25))
+    assert result.events[-1].reason == "ShadowDisagrees"
+    assert "mean |iris-v2 - iris-v1| 0.5 over 200 rows > 0.25" in result.events[-1].message
+    near = dataclasses.replace(far, agreement=Agreement(compared=200, sum_abs_difference=20.0))
+    assert run(shadowing(), near, AFTER, shadow(maxMeanAbsDifference=0.25)).state.phase == (
+        "Promoted"
+    )
+
+
+def test_shadow_agreement_gate_of_the_other_task_holds_the_canary() -> None:
+    f = cfacts(agreement=Agreement(compared=500, agreed=500))
+    result = run(shadowing(), f, AFTER, shadow(maxMeanAbsDifference=0.25))
+    assert result.reason == ANALYSIS_UNKNOWN and "set minAgreement" in result.waiting
+
+
+def test_shadow_with_analysis_needs_labels_too() -> None:
+    agrees = {"agreement": Agreement(compared=500, agreed=500)}
+    s = shadow({"margin": 0.05}, minAgreement=0.95)
+    held = run(shadowing(), cfacts(**agrees, **FEW), AFTER, s)
+    assert held.reason == AWAITING_ANALYSIS and held.state == shadowing()
+    worse = run(shadowing(), cfacts(**agrees, **WORSE), AFTER, s)
+    assert worse.events[-1].reason == "Underperforming"
+    good = run(shadowing(), cfacts(**agrees, **GOOD), AFTER, s)
+    assert good.state.phase == "Promoted"
+
+
+def test_shadow_without_gates_is_promoted_after_its_duration() -> None:
+    result = run(shadowing(), cfacts(), AFTER, shadow())
+    assert result.state.phase == "Promoted" and "no gates" in result.events[-1].message
+
+
+def test_manual_promote_overrides_a_shadow_in_progress() -> None:
+    result = run(shadowing(), cfacts(action="promote"), 150, shadow(minAgreement=0.95))
+    assert result.state.phase == "Promoted"
+
+
+def test_underperforming_guard_rolls_the_canary_back() -> None:
+    f = cfacts(underperforming_monitors=[("iris-quality", "accuracy 0.71 < 0.9")])
+    result = run(progressing_at_step(0), f, 101)
+    assert result.state.phase == "RolledBack"
+    event = result.events[-1]
+    assert (
+        event.reason == "Underperforming" and "iris-quality: accuracy 0.71 < 0.9" in event.message
+    )
+
+
+def quality_monitor(under: dict[str, Any] | None, version: str = "iris-v2") -> dict[str, Any]:
+    monitor = monitor_obj({"status": "False", "reason": "NoDrift"}, version=version)
+    if under is not None:
+        monitor["status"]["conditions"].append({"type": "Underperforming", **under})
+    return monitor
+
+
+@pytest.mark.parametrize(
+    ("monitor", "verdict"),
+    [
+        (quality_monitor(None), None),
+        (quality_monitor({"status": "False", "reason": "Healthy"}), None),
+        (quality_monitor({"status": "Unknown", "reason": "InsufficientLabels"}), None),
+        (
+            quality_monitor({"status": "True", "message": "accuracy 0.71"}),
+            ("underperforming", "accuracy 0.71"),
+        ),
+        (quality_monitor({"status": "True", "message": "0.71"}, version="iris-v1"), None),
+        (
+            quality_monitor({"status": "Unknown", "reason": "CheckFailed", "message": "boom"}),
+            ("unknown", "Underperforming CheckFailed: boom"),
+        ),
+    ],
+    ids=["no-quality-rule", "healthy", "too-few-labels", "underperforming",
+         "underperforming-other-version", "quality-check-failed"],
+)  # fmt: skip
+def test_guard_verdict_on_quality(monitor: dict[str, Any], verdict: tuple[str, str] | None) -> None:
+    assert guard_verdict(monitor, "iris-v2") == verdict
+
+
+def test_drift_wins_over_underperforming_in_a_guards_verdict() -> None:
+    monitor = monitor_obj({"status": "True", "message": "3/4 drifted"})
+    monitor["status"]["conditions"].append({"type": "Underperforming", "status": "True"})
+    assert guard_verdict(monitor, "iris-v2") == ("firing", "3/4 drifted")
+
+
+def test_quality_window_is_read_only_when_a_gate_needs_labels_or_agreement() -> None:
+    assert quality_window(spec()) is None
+    assert quality_window(analysed(window="2m")) == 120
+    assert quality_window(shadow(minAgreement=0.9, duration="5s")) == 600  # analysis' default
+    assert quality_window(shadow()) is None
+
+
+def test_analysis_report_leaves_out_numbers_that_do_not_exist_yet() -> None:
+    """No labels for the canary: no value, no z, no p-values (JSON has no NaN)."""
+    f = cfacts(stable_quality=labels(1, 2))
+    report = run(progressing_at_step(0), f, 101, analysed()).analysis
+    assert report is not None and report.decision == "Undecided"
+    assert report.canary_labels == 0
+    assert [report.canary_value, report.z, report.p_worse, report.p_not_worse] == [None] * 4

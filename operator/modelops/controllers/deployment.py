@@ -1,4 +1,5 @@
-"""Deployment controller: serve the stable version, walk a canary through its steps, roll back."""
+"""Deployment controller: serve the stable version, walk a canary through its steps (or an A/B
+test, or a shadow), decide on live quality, roll back."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 import datetime as dt
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -18,9 +19,11 @@ from modelops.api.deployment import Deployment
 from modelops.controllers.main import get_settings, runtime
 from modelops.controllers.metrics import CANARY_WEIGHT, ROLLBACKS
 from modelops.controllers.status import StatusWriter, invalid_spec, reconciling
+from modelops.controllers.windows import merged_quality
+from modelops.drift.quality import Agreement, QualityCounts
 from modelops.resources import autoscaling, serving
 from modelops.rollout import (
-    GUARD_UNKNOWN,
+    HELD_REASONS,
     HISTORY_LIMIT,
     Event,
     Facts,
@@ -29,6 +32,7 @@ from modelops.rollout import (
     Version,
     guard_verdict,
     plan,
+    quality_window,
 )
 from modelops.serving.table import TRANSIENT_REASON
 from modelops.storage import Location
@@ -41,7 +45,10 @@ REPORT_FRESH_SECONDS = 30.0
 def _version(mv: dict[str, Any]) -> Version:
     spec = mv["spec"]
     ready = mv.get("status", {}).get("phase") == "Ready"
-    return Version(mv["metadata"]["name"], int(spec["version"]), ready, spec.get("metrics", {}))
+    task = (spec.get("signature") or {}).get("task")
+    return Version(
+        mv["metadata"]["name"], int(spec["version"]), ready, spec.get("metrics", {}), task
+    )
 
 
 def parse_time(text: str) -> float:
@@ -84,14 +91,20 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) ->
     loaded, failures = await _pod_reports(
         namespace, name, canary, every_pod=dep.spec.routing == "model"
     )
-    firing, unknown = await _guards(dep, canary) if canary else ([], [])
+    guards = await _guards(dep, canary) if canary else Guards()
+    quality = await _quality(dep, state, canary, logger)
     facts = Facts(
         versions=[_version(mv) for mv in specs.values()],
         canary_loaded=loaded,
         canary_load_failures=failures,
-        firing_monitors=firing,
-        unknown_guards=unknown,
+        firing_monitors=guards.firing,
+        underperforming_monitors=guards.underperforming,
+        unknown_guards=guards.unknown,
         action=body.get("metadata", {}).get("annotations", {}).get(ACTION_ANNOTATION),
+        canary_quality=quality.canary,
+        stable_quality=quality.stable,
+        agreement=quality.agreement,
+        quality_error=quality.error,
         **await _canary_counts(namespace, name, state),
     )
 
@@ -135,6 +148,9 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) ->
         url=serving.url(dep) if dep.spec.routing == "model" else None,
         message=result.waiting or (result.events[-1].message if result.events else None),
     )
+    if result.analysis is not None:
+        # every field, nulls too: a merge patch keeps the keys it does not name
+        status.set(analysis=result.analysis.model_dump(by_alias=True, mode="json"))
     _conditions(status, dep, result, ready_replicas)
     # 6: an action is removed only once the status this pass started from shows it obeyed
     # (rollout.plan): a pass that fails before its status is written cannot lose it
@@ -151,6 +167,7 @@ def _record(status: StatusWriter, current: dict[str, Any], event: Event) -> None
             "version": event.version,
             "reason": event.reason,
             "message": event.message,
+            **({"analysis": event.analysis.wire()} if event.analysis else {}),
         }
     )
     status.set(history=history[-HISTORY_LIMIT:])
@@ -175,8 +192,10 @@ def _conditions(status: StatusWriter, dep: Deployment, result: Plan, ready: int 
         status.condition(
             "Ready", "False", "PodsNotReady", f"{ready or 0}/{wanted} ready", event=False
         )
-    if phase == "Progressing" and result.reason == GUARD_UNKNOWN:
-        status.condition("Progressing", "False", GUARD_UNKNOWN, waiting)  # an Event: held
+    if phase == "Progressing" and result.reason in HELD_REASONS:
+        changed = status.condition("Progressing", "False", result.reason, waiting, event=False)
+        if changed:  # held: a Warning, once
+            kopf.warn(status.body, reason=result.reason, message=waiting)
     elif phase == "Progressing":
         reason = result.reason or "CanaryProgressing"
         status.condition("Progressing", "True", reason, waiting, event=False)
@@ -220,18 +239,27 @@ async def _pod_reports(
     return bool(fresh) and all(version in r.get("loaded", []) for r in fresh), failures
 
 
-async def _guards(
-    dep: Deployment, canary: str
-) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """The canary's guards (DriftMonitors named in the spec, or aimed here with rollback):
-    those that say it drifted, and those that cannot evaluate it (a named one missing too)."""
+@dataclass
+class Guards:
+    """(monitor, message) of the canary's guards that say it drifted, that say it
+    underperforms, and that cannot evaluate it."""
+
+    firing: list[tuple[str, str]] = field(default_factory=list)
+    underperforming: list[tuple[str, str]] = field(default_factory=list)
+    unknown: list[tuple[str, str]] = field(default_factory=list)
+
+
+async def _guards(dep: Deployment, canary: str) -> Guards:
+    """The canary's guards (DriftMonitors named in the spec, or aimed here with rollback), by
+    what they say of it (:func:`modelops.rollout.guard_verdict`); a named one missing cannot
+    evaluate it."""
     named = set(dep.spec.rollback.drift_monitors)
     monitors = await runtime.cluster.list(
         API_VERSION, "DriftMonitor", dep.metadata["namespace"], {}
     )
     found = {m["metadata"]["name"] for m in monitors}
-    firing: list[tuple[str, str]] = []
-    unknown = [(m, "DriftMonitor not found") for m in sorted(named - found)]
+    guards = Guards(unknown=[(m, "DriftMonitor not found") for m in sorted(named - found)])
+    lists = {"firing": guards.firing, "underperforming": guards.underperforming}
     for monitor in sorted(monitors, key=lambda m: str(m["metadata"]["name"])):
         name, spec = monitor["metadata"]["name"], monitor.get("spec", {})
         aimed = spec.get("deployment") == dep.metadata["name"] and spec.get("action") == "rollback"
@@ -239,8 +267,49 @@ async def _guards(
             continue
         verdict = guard_verdict(monitor, canary)
         if verdict is not None:
-            (firing if verdict[0] == "firing" else unknown).append((name, verdict[1]))
-    return firing, unknown
+            lists.get(verdict[0], guards.unknown).append((name, verdict[1]))
+    return guards
+
+
+@dataclass(frozen=True)
+class Quality:
+    """Labels joined for the canary and the stable version, the canary's agreement with
+    stable (None: nothing written), or why they could not be read."""
+
+    canary: QualityCounts | None = None
+    stable: QualityCounts | None = None
+    agreement: Agreement | None = None
+    error: str | None = None
+
+
+async def _quality(
+    dep: Deployment, state: State, canary: str | None, logger: kopf.Logger
+) -> Quality:
+    """Facts of the canary's quality analysis: the labels joined for the canary and for the
+    stable version, and the canary's agreement with stable, over the window the plan reads
+    (:func:`modelops.rollout.quality_window`); nothing while the canary loads or when the
+    spec asks for no analysis. A failure to read them is a fact too (``quality_error``): the
+    analysis cannot be evaluated and holds the canary (fail closed), while actions, guards
+    and the other rollback rules still apply."""
+    window = quality_window(dep.spec)
+    if canary is None or state.step is None or state.stable is None or window is None:
+        return Quality()
+    bucket = get_settings().bucket
+    namespace, name = dep.metadata["namespace"], dep.metadata["name"]
+    try:
+        found = [
+            await merged_quality(runtime.store, bucket, f"{namespace}/quality/{name}/{v}/", window)
+            for v in (canary, state.stable)
+        ]
+    except Exception as exc:  # any failure (store, unparsable object) is one that holds
+        logger.warning(f"quality of {canary} not read: {type(exc).__name__}: {exc}")
+        return Quality(error=f"{type(exc).__name__}: {exc}")
+    mine, stable = found
+    return Quality(
+        mine.quality if mine else None,
+        stable.quality if stable else None,
+        mine.agreement if mine else None,
+    )
 
 
 _window_counts: dict[str, tuple[float, int, int]] = {}

@@ -42,12 +42,29 @@ class Route:
     spec: dict[str, Any]  # the ModelVersion's spec
 
 
+def table_mode(dep: Deployment, routes: list[Route]) -> tuple[str, str | None]:
+    """The table's ``mode`` and ``stickyHeader`` (see :mod:`modelops.serving.table`): the
+    canary's mode while a canary is in the table beside stable, else ``canary`` (plain
+    weights). In ``shadow`` the canary's weight is 0 and pods predict it on a copy of each
+    request; in ``abtest`` requests stick to a version by request id, or by the value of the
+    ``stickyHeader`` header when set. A one-version table (gateway routing) is plain."""
+    canary = dep.spec.canary
+    if canary is None or len(routes) < 2 or not any(r.role == "canary" for r in routes):
+        return "canary", None
+    if canary.mode == "abtest":
+        return "abtest", canary.abtest.sticky_header if canary.abtest else None
+    return canary.mode, None
+
+
 def routing_table(dep: Deployment, routes: list[Route]) -> dict[str, Any]:
     """The table serving pods read from their ConfigMap (see modelops.serving)."""
+    mode, sticky_header = table_mode(dep, routes)
     return {
         "deployment": dep.metadata["name"],
         "namespace": dep.metadata["namespace"],
         "model": dep.spec.model,
+        "mode": mode,
+        "stickyHeader": sticky_header,
         "versions": [
             {
                 "name": r.name,
