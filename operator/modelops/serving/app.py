@@ -11,8 +11,13 @@ forwards SIGTERM/SIGINT and exits when they have; if a worker dies unexpectedly 
 others and exits non-zero so the kubelet restarts the pod. ``/metrics`` sums all workers
 (see :mod:`modelops.serving.metrics`).
 
+Each worker keeps its own ledger of request ids for ground-truth feedback
+(``--feedback-max-ids`` ids for at most ``--feedback-ttl`` seconds) and shares it with the
+other workers and pods through the prediction logs it writes with its sketch windows (see
+:mod:`modelops.serving.feedback`).
+
 Shutdown of a worker: stop accepting, finish in-flight requests (``--drain-timeout``), write
-the last sketch window, exit 0.
+the last sketch window (and prediction log and quality objects), exit 0.
 """
 
 from __future__ import annotations
@@ -52,6 +57,8 @@ class Options:
     sketch_interval: float = 5.0
     drain_timeout: float = 20.0
     log_level: str = "INFO"
+    feedback_max_ids: int = 100_000
+    feedback_ttl: float = 3600.0
 
 
 def default_workers() -> int:
@@ -96,6 +103,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--drain-timeout", type=float, default=20.0, help="seconds to finish requests on SIGTERM"
     )
+    p.add_argument(
+        "--feedback-max-ids",
+        type=int,
+        default=100_000,
+        help="request ids each worker remembers for feedback (about 250 bytes each)",
+    )
+    p.add_argument(
+        "--feedback-ttl",
+        type=float,
+        default=3600.0,
+        help="seconds a request id is remembered for feedback",
+    )
     p.add_argument("--log-level", default=os.environ.get("MODELOPS_LOG_LEVEL", "INFO"))
     return p
 
@@ -104,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.max_body_bytes <= 0 or args.sketch_interval < 1:
         print("--max-body-bytes must be positive, --sketch-interval at least 1", file=sys.stderr)
+        return 2
+    if args.feedback_max_ids < 1 or not 0 < args.feedback_ttl < math.inf:
+        print("--feedback-max-ids must be at least 1, --feedback-ttl positive", file=sys.stderr)
         return 2
     options = Options(
         host=args.host,
@@ -115,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         sketch_interval=args.sketch_interval,
         drain_timeout=args.drain_timeout,
         log_level=args.log_level,
+        feedback_max_ids=args.feedback_max_ids,
+        feedback_ttl=args.feedback_ttl,
     )
     for name in _THREAD_ENV:
         os.environ.setdefault(name, "1")
@@ -255,6 +279,8 @@ async def _serve(options: Options, index: int, peers: Path | None) -> int:
         worker=index,
         workers=options.workers,
         peers_dir=peers,
+        feedback_max_ids=options.feedback_max_ids,
+        feedback_ttl=options.feedback_ttl,
     )
     server = ModelServer(config, store)
     http = server.http_server()

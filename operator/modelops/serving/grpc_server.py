@@ -3,12 +3,13 @@
 The service definition is KServe's ``grpc_predict_v2.proto``, as Triton ships it compiled in
 ``tritonclient.grpc`` (the server uses only its messages and the servicer base class). Every
 RPC reads the same :class:`~modelops.serving.server.ModelServer` as the REST endpoints: the
-same routing table and canary split, the same validation (a gRPC request is turned into the
-REST request document and checked by :func:`modelops.serving.protocol.decode`), the same
-micro-batcher, counters and sketch windows. gRPC requests are counted in the REST metrics
-(``modelops_serving_requests_total`` and the rest carry no transport label); an error is
-counted under the HTTP status the REST API would have answered (``code="400"`` for
-INVALID_ARGUMENT, 404 NOT_FOUND, 503 UNAVAILABLE).
+same routing table and canary split (the table's sticky header is read from the call's
+metadata), the same ledger of request ids (feedback is REST only) and shadow copies, the same
+validation (a gRPC request is turned into the REST request document and checked by
+:func:`modelops.serving.protocol.decode`), the same micro-batcher, counters and sketch
+windows. gRPC requests are counted in the REST metrics (``modelops_serving_requests_total``
+and the rest carry no transport label); an error is counted under the HTTP status the REST
+API would have answered (``code="400"`` for INVALID_ARGUMENT, 404 NOT_FOUND, 503 UNAVAILABLE).
 
 Inputs come as ``raw_input_contents`` (little-endian bytes, what Triton clients send by default;
 BYTES elements each prefixed by a 4-byte length) or typed ``contents``. Outputs go back as
@@ -287,10 +288,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         try:
             doc = request_document(request)
             rid: str | None = doc.get("id")
-            if request.model_version:
-                served = state.resolve(request.model_version)
+            routed = not request.model_version
+            if routed:
+                served = state.route(_sticky_key(state, context) or rid)
             else:
-                served = state.route(rid)
+                served = state.resolve(request.model_version)
             model = served.model
             assert model is not None
             decoded = decode(doc, model.layout, classifier=model.classifier)
@@ -300,6 +302,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             prediction = await server.batcher.submit(served, decoded.rows, decoded.n, decoded.proba)
             response = self._response(state, served, rid, wanted, prediction, decoded.n)
             status = 200
+            server.answered(state, served, rid, routed, decoded, prediction, doc, None)
             return response
         except ProtocolError as exc:
             status = exc.status
@@ -367,6 +370,17 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
                 f"unknown model {name!r} (this server serves {state.model_name!r})",
                 404,
             )
+
+
+def _sticky_key(state: ServingState, context: grpc.aio.ServicerContext) -> str | None:
+    """The value of the routing table's sticky header among the call's metadata."""
+    header = state.sticky_header
+    if header is None:
+        return None
+    for key, value in context.invocation_metadata() or ():
+        if key == header:
+            return value if isinstance(value, str) else None
+    return None
 
 
 def _no_version(state: ServingState, version: str) -> str:

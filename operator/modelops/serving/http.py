@@ -48,6 +48,8 @@ class Request:
     """``Inference-Header-Content-Length`` (binary tensor data follows that much JSON); -1 if
     it is not a number."""
     content_encoding: str | None = None
+    route_key: str | None = None
+    """The value of the server's ``sticky_header``, when the request carries it."""
 
 
 @dataclass(slots=True)
@@ -108,6 +110,8 @@ class HttpServer:
         self.idle_timeout = idle_timeout
         self.request_timeout = request_timeout
         """A request must arrive whole within this long of its first byte."""
+        self.sticky_header: bytes | None = None
+        """A header (lower-case) whose value becomes ``Request.route_key``; settable any time."""
         self.connections: set[_Connection] = set()
         self.closing = False
         self._server: asyncio.Server | None = None
@@ -179,6 +183,7 @@ class _Connection(asyncio.Protocol):
         self._head_size = 0
         self._header_length: int | None = None
         self._encoding: str | None = None
+        self._route_key: str | None = None
         self._body: list[bytes] = []
         self._size = 0
         self._expect = False
@@ -271,6 +276,7 @@ class _Connection(asyncio.Protocol):
         self._head_size = 0
         self._header_length = None
         self._encoding = None
+        self._route_key = None
         self._body = []
         self._size = 0
         self._expect = False
@@ -305,6 +311,8 @@ class _Connection(asyncio.Protocol):
                 self._header_length = -1
         elif lowered == b"content-encoding":
             self._encoding = value.decode("latin-1")
+        elif lowered == self.server.sticky_header:
+            self._route_key = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         if self.done:
@@ -354,7 +362,7 @@ class _Connection(asyncio.Protocol):
         if "%" in path:
             path = unquote(path)
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        request = Request(method, path, body, self._header_length, self._encoding)
+        request = Request(method, path, body, self._header_length, self._encoding, self._route_key)
         if not parser.should_keep_alive() or parser.get_http_version() == "1.0":
             self.done = True  # "Connection: close" or HTTP/1.0: this is the last request
         if self.busy or self.queue:

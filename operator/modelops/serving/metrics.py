@@ -6,13 +6,26 @@ each keeps its own counters and writes a snapshot file every second; whichever w
 answers a scrape sums its live counters with its peers' snapshots, so counters never go
 backwards between scrapes that land on different workers (prometheus_client's multiprocess
 mode would instead cost several mmap writes per request).
+
+Ground truth and shadow traffic (see :mod:`modelops.serving.feedback`):
+``modelops_feedback_labels_total{model,version,result}`` counts feedback items by what came of
+them (``joined``, ``duplicate``, ``mismatched`` under the version that answered the id; a label
+joined for a shadow too counts under both; ``unknown``, ``expired`` with ``version=""``);
+``modelops_feedback_ledger_ids`` and ``_pending`` are gauges;
+``modelops_feedback_ledger_dropped_total{reason}`` counts requests not remembered
+(``too_large``) or left out of a prediction log, full (``log_full``) or evicted from the
+ledger before it was written (``evicted``);
+``modelops_feedback_objects_written_total{kind,result}`` the prediction logs and quality
+objects written; ``modelops_serving_shadow_requests_total{model,version,result}`` the copies a
+shadow version ``predicted``, failed on (``error``) or ``shed`` under load. A shadow's
+predictions are also counted in its ``modelops_serving_requests_total`` and the rest.
 """
 
 from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,6 +124,15 @@ class ServerMetrics:
         self.table_updates: dict[str, int] = {"applied": 0, "invalid": 0}
         self.info: list[VersionInfo] = []
         self.ready = False
+        self.feedback: dict[tuple[str, str, str], int] = {}
+        """(model, version, result) -> feedback items."""
+        self.shadow: dict[tuple[str, str, str], int] = {}
+        """(model, version, result) -> shadow copies."""
+        self.ledger_dropped: dict[str, int] = {}
+        self.objects_written: dict[tuple[str, str], int] = {}
+        """(kind, result) -> prediction logs / quality objects written."""
+        self.ledger_sizes: Callable[[], tuple[int, int]] | None = None
+        """Ids remembered and ids pending, read when the metrics are rendered."""
         self._last_written: bytes | None = None
 
     def stats(self, model: str, version: str) -> VersionStats:
@@ -124,6 +146,21 @@ class ServerMetrics:
         self.batches[bisect.bisect_left(BATCH_BUCKETS, rows)] += 1
         self.batch_rows += rows
 
+    def count_feedback(self, model: str, version: str, result: str) -> None:
+        key = (model, version, result)
+        self.feedback[key] = self.feedback.get(key, 0) + 1
+
+    def count_shadow(self, model: str, version: str, result: str) -> None:
+        key = (model, version, result)
+        self.shadow[key] = self.shadow.get(key, 0) + 1
+
+    def count_dropped(self, reason: str, n: int) -> None:
+        self.ledger_dropped[reason] = self.ledger_dropped.get(reason, 0) + n
+
+    def count_written(self, kind: str, ok: bool) -> None:
+        key = (kind, "ok" if ok else "error")
+        self.objects_written[key] = self.objects_written.get(key, 0) + 1
+
     # -- sharing between worker processes ------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
@@ -136,6 +173,11 @@ class ServerMetrics:
             "batchRows": self.batch_rows,
             "sketchFlushes": dict(self.sketch_flushes),
             "tableUpdates": dict(self.table_updates),
+            "feedback": [[*k, n] for k, n in self.feedback.items()],
+            "shadow": [[*k, n] for k, n in self.shadow.items()],
+            "ledgerDropped": dict(self.ledger_dropped),
+            "objectsWritten": [[*k, n] for k, n in self.objects_written.items()],
+            "ledger": list(self.ledger_sizes()) if self.ledger_sizes is not None else [0, 0],
         }
 
     def write_snapshot(self) -> None:
@@ -262,6 +304,45 @@ class _Collector:
         workers = GaugeMetricFamily("modelops_serving_workers", "Worker processes reporting")
         workers.add_metric([], len(self.snapshots))
         yield workers
+        yield from _ground_truth(merged)
+
+
+def _ground_truth(merged: dict[str, Any]) -> Iterator[Metric]:
+    labels = CounterMetricFamily(
+        "modelops_feedback_labels",
+        "Feedback items (true labels of one request id), by result",
+        labels=["model", "version", "result"],
+    )
+    for (model, version, result), n in sorted(merged["feedback"].items()):
+        labels.add_metric([model, version, result], n)
+    shadow = CounterMetricFamily(
+        "modelops_serving_shadow_requests",
+        "Copies of stable's requests predicted by a shadow version, by result",
+        labels=["model", "version", "result"],
+    )
+    for (model, version, result), n in sorted(merged["shadow"].items()):
+        shadow.add_metric([model, version, result], n)
+    dropped = CounterMetricFamily(
+        "modelops_feedback_ledger_dropped",
+        "Requests with an id not remembered, or not in the prediction log, by reason",
+        labels=["reason"],
+    )
+    for reason, n in sorted(merged["ledgerDropped"].items()):
+        dropped.add_metric([reason], n)
+    written = CounterMetricFamily(
+        "modelops_feedback_objects_written",
+        "Prediction logs and quality objects written to the store",
+        labels=["kind", "result"],
+    )
+    for (kind, result), n in sorted(merged["objectsWritten"].items()):
+        written.add_metric([kind, result], n)
+    ids = GaugeMetricFamily("modelops_feedback_ledger_ids", "Request ids remembered")
+    ids.add_metric([], merged["ledger"][0])
+    pending = GaugeMetricFamily(
+        "modelops_feedback_pending", "Feedback items waiting for their id to be found"
+    )
+    pending.add_metric([], merged["ledger"][1])
+    yield from (labels, shadow, dropped, written, ids, pending)
 
 
 def _cumulative(
@@ -281,6 +362,11 @@ def _merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
     batch_rows = 0
     flushes: dict[str, int] = {}
     updates: dict[str, int] = {}
+    feedback: dict[tuple[str, ...], int] = {}
+    shadow: dict[tuple[str, ...], int] = {}
+    dropped: dict[str, int] = {}
+    written: dict[tuple[str, ...], int] = {}
+    ledger = [0, 0]
     for snap in snapshots:
         for v in snap["versions"]:
             key = (v["model"], v["version"])
@@ -305,15 +391,33 @@ def _merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
         batch_rows += snap["batchRows"]
         _add(flushes, snap["sketchFlushes"])
         _add(updates, snap["tableUpdates"])
+        # .get: a peer's snapshot written by an older worker lacks these.
+        _add_rows(feedback, snap.get("feedback", []))
+        _add_rows(shadow, snap.get("shadow", []))
+        _add(dropped, snap.get("ledgerDropped", {}))
+        _add_rows(written, snap.get("objectsWritten", []))
+        ledger = [a + b for a, b in zip(ledger, snap.get("ledger", [0, 0]), strict=True)]
     return {
         "versions": versions,
         "batches": batches,
         "batchRows": batch_rows,
         "sketchFlushes": flushes,
         "tableUpdates": updates,
+        "feedback": feedback,
+        "shadow": shadow,
+        "ledgerDropped": dropped,
+        "objectsWritten": written,
+        "ledger": ledger,
     }
 
 
 def _add(into: dict[str, int], more: Mapping[str, int]) -> None:
     for k, n in more.items():
         into[k] = into.get(k, 0) + n
+
+
+def _add_rows(into: dict[tuple[str, ...], int], rows: list[list[Any]]) -> None:
+    """Add ``[label, ..., count]`` rows (a snapshot's form of tuple-keyed counters)."""
+    for *key, n in rows:
+        k = tuple(str(x) for x in key)
+        into[k] = into.get(k, 0) + int(n)

@@ -2,9 +2,11 @@
 
 Two schemes, both over 100 slots (weights are integer percentages that sum to 100):
 
-- With a request id, the slot is ``blake2b(id) mod 100`` and canaries own the lowest slots,
-  so ``slot < canary weight`` picks the canary: a client's retry lands on the same version,
-  and when the canary's weight grows the ids it already had stay with it.
+- With a routing key (the request id, or the value of the routing table's ``stickyHeader``),
+  the slot is ``blake2b(key) mod 100`` and canaries own the lowest slots, so
+  ``slot < canary weight`` picks the canary: a client's retry (or every request of one user,
+  with a sticky header) lands on the same version, and when the canary's weight grows the keys
+  it already had stay with it.
 - Without an id, a per-process counter walks a fixed cyclic schedule of 100 picks built by
   smooth weighted round-robin: any 100 consecutive requests split exactly by the weights, and
   the picks of each version are spread evenly rather than bunched.
@@ -20,9 +22,9 @@ SLOTS = 100
 T = TypeVar("T")
 
 
-def id_slot(request_id: str) -> int:
-    """The slot of a request id; stable across processes, hosts and Python versions."""
-    digest = hashlib.blake2b(request_id.encode(), digest_size=8).digest()
+def id_slot(key: str) -> int:
+    """The slot of a routing key; stable across processes, hosts and Python versions."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") % SLOTS
 
 
@@ -61,9 +63,11 @@ class Router(Generic[T]):
         self._schedule = tuple(targets[i] for i in smooth_schedule(weights))
         self._counter = 0
 
-    def pick(self, request_id: str | None = None) -> T:
-        if request_id:
-            return self._by_id[id_slot(request_id)]
+    def pick(self, key: str | None = None) -> T:
+        """The target of a routing key (a request id or sticky header value), else the next
+        of the round-robin schedule."""
+        if key:
+            return self._by_id[id_slot(key)]
         n = self._counter
         self._counter = n + 1 if n < SLOTS - 1 else 0
         return self._schedule[n]

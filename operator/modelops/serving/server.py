@@ -1,8 +1,15 @@
-"""The model server's endpoints: Open Inference Protocol v2 REST, plus ``/metrics``.
+"""The model server's endpoints: Open Inference Protocol v2 REST, ground-truth feedback, and
+``/metrics``.
 
 One handler and a small path dispatcher on the server's own HTTP layer (``http.py``); every
-answer, 404 and 405 included, is JSON with an ``error`` message. Everything but inference is
-answered synchronously, without a task.
+answer, 404 and 405 included, is JSON with an ``error`` message. Everything but inference and
+feedback is answered synchronously, without a task.
+
+``POST /v2/models/{model}[/versions/{version}]/feedback`` takes true labels by request id
+(:func:`modelops.serving.feedback.parse_feedback`) and answers how many items were joined,
+are pending, unknown, expired, duplicate or mismatched. Inference requests with an ``id`` are
+remembered in the worker's ledger; in shadow mode the shadow versions predict a copy of what
+stable answers (:mod:`modelops.serving.shadow`).
 """
 
 from __future__ import annotations
@@ -23,11 +30,13 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from modelops import __version__
 from modelops.serving.batcher import Batcher, Prediction
+from modelops.serving.feedback import Feedback, parse_feedback
 from modelops.serving.http import HttpServer, Request, Response
 from modelops.serving.metrics import NO_VERSION, ServerMetrics
 from modelops.serving.protocol import (
     OUTPUT_PREDICT,
     OUTPUT_PROBA,
+    Decoded,
     OutputSpec,
     ProtocolError,
     decode,
@@ -39,6 +48,7 @@ from modelops.serving.protocol import (
     request_id,
     split_binary,
 )
+from modelops.serving.shadow import Shadows
 from modelops.serving.sketches import SketchWriter
 from modelops.serving.state import ModelManager, ServedVersion, ServingState
 from modelops.storage import ArtifactStore, Location
@@ -55,6 +65,8 @@ class ServerConfig:
     worker: int = 0
     workers: int = 1
     peers_dir: Path | None = None
+    feedback_max_ids: int = 100_000
+    feedback_ttl: float = 3600.0
 
 
 def _json(doc: Any, status: int = 200) -> Response:
@@ -78,16 +90,38 @@ class ModelServer:
         self.config = config
         self.metrics = ServerMetrics(config.worker, config.peers_dir, config.workers)
         self.store = store
+        self._http: HttpServer | None = None
         self.writer = SketchWriter(store, config.bucket, config.pod, config.sketch_interval)
-        self.manager = ModelManager(store, self.metrics, self.writer.executor)
+        self.manager = ModelManager(store, self.metrics, self.writer.executor, self._swapped)
         self.batcher = Batcher(self.metrics)
+        self.feedback = Feedback(
+            store,
+            config.bucket,
+            config.pod,
+            config.sketch_interval,
+            max_ids=config.feedback_max_ids,
+            ttl=config.feedback_ttl,
+            count=self.metrics.count_feedback,
+            dropped=self.metrics.count_dropped,
+            written=self.metrics.count_written,
+        )
+        self.metrics.ledger_sizes = lambda: (len(self.feedback.own), self.feedback.pending)
+        self.shadows = Shadows(self.batcher, self.metrics, self.feedback)
         self.stopping = False
         self._ids = itertools.count(1)
         self._id_prefix = f"{config.pod}-{os.getpid():x}-"
 
     def http_server(self) -> HttpServer:
         """The HTTP server for this model server; ``start`` it inside the event loop."""
-        return HttpServer(self.dispatch, max_body=self.config.max_body_bytes)
+        self._http = HttpServer(self.dispatch, max_body=self.config.max_body_bytes)
+        self._swapped(self.manager.state)
+        return self._http
+
+    def _swapped(self, state: ServingState) -> None:
+        """A new serving state: the HTTP layer captures its sticky header from now on."""
+        if self._http is not None:
+            header = state.sticky_header
+            self._http.sticky_header = header.encode("latin-1") if header else None
 
     # -- dispatch -------------------------------------------------------------------------------
 
@@ -120,6 +154,10 @@ class ModelServer:
             if method != "POST":
                 return _error("use POST for infer", 405)
             return self.infer(request, name, version)
+        if rest == ["feedback"]:
+            if method != "POST":
+                return _error("use POST for feedback", 405)
+            return self.receive_feedback(request, name, version)
         if rest in ([], ["ready"]):
             if (bad := self._get(method)) is not None:
                 return bad
@@ -154,7 +192,10 @@ class ModelServer:
                 head, binary = split_binary(body, request.header_length)
                 doc = parse_json(head)
             rid = request_id(doc)
-            served = state.resolve(version) if version is not None else state.route(rid)
+            if version is not None:
+                served = state.resolve(version)
+            else:
+                served = state.route(request.route_key or rid)
             model = served.model
             assert model is not None
             decoded = decode(doc, model.layout, classifier=model.classifier, binary=binary)
@@ -163,6 +204,7 @@ class ModelServer:
                 state, served, rid, prediction, decoded.n, decoded.outputs
             )
             status = 200
+            self.answered(state, served, rid, version is None, decoded, prediction, doc, binary)
         except ProtocolError as exc:
             status, body = exc.status, error_body(str(exc))
         stats = served.stats if served is not None else self.metrics.stats(state.model_name, "")
@@ -172,6 +214,43 @@ class ModelServer:
         return Response(
             status, body, BINARY, b"Inference-Header-Content-Length: %d\r\n" % header_length
         )
+
+    def answered(
+        self,
+        state: ServingState,
+        served: ServedVersion,
+        rid: str | None,
+        routed: bool,
+        decoded: Decoded,
+        prediction: Prediction,
+        doc: dict[str, Any],
+        binary: bytes | memoryview | None,
+    ) -> None:
+        """After a successful prediction (any transport): remember it under its id, and hand
+        a copy to the shadow versions when stable answered a routed request."""
+        model = served.model
+        assert model is not None
+        try:
+            entry = None
+            if rid is not None:
+                classes = model.class_names if model.classifier else None
+                entry = self.feedback.record(rid, served.name, classes, prediction.values)
+            shadows = state.shadows_of(served) if routed else ()
+            if shadows:
+                self.shadows.submit(
+                    state.model_name,
+                    shadows,
+                    served,
+                    decoded.rows,
+                    decoded.n,
+                    doc,
+                    binary,
+                    prediction.values,
+                    rid,
+                    entry,
+                )
+        except Exception:  # the client's answer is ready: bookkeeping must not cost it
+            logger.exception("could not remember or shadow the request %r", rid)
 
     def _answer(
         self,
@@ -219,6 +298,33 @@ class ModelServer:
             "outputs": outputs,
         }
         return encode_response(doc, raw)
+
+    # -- ground truth -----------------------------------------------------------------------------
+
+    async def receive_feedback(self, request: Request, name: str, version: str | None) -> Response:
+        """``POST .../feedback``: 200 with the counts, 400 for a malformed body (nothing of it
+        is joined), 404 for an unknown model or version."""
+        state = self.manager.state
+        if not state.knows(name) or state.table is None:
+            return self._unknown_model(state, name)
+        table = state.table
+        try:
+            if version is not None:
+                found = state.aliases.get(version)
+                if found is None:
+                    raise ProtocolError(f"model {table.model!r} has no version {version!r}", 404)
+                version = found.name
+            body = request.body
+            if request.content_encoding is not None:
+                body = decompress(body, request.content_encoding, self.config.max_body_bytes)
+            tasks = {v.entry.signature.task for v in state.versions.values()}
+            items = parse_feedback(parse_json(body), tasks.pop() if len(tasks) == 1 else None)
+        except ProtocolError as exc:
+            return Response(exc.status, error_body(str(exc)))
+        counts = await self.feedback.receive(
+            table.model, table.namespace, table.deployment, items, version
+        )
+        return _json(counts.to_dict())
 
     # -- health and metadata ----------------------------------------------------------------------
 
@@ -319,12 +425,18 @@ class ModelServer:
     # -- background work ------------------------------------------------------------------------
 
     async def flush_sketches(self, *, final: bool = False) -> int:
-        """Write the sketch windows (only those at least a second old unless ``final``)."""
+        """Write the sketch windows (only those at least a second old unless ``final``), then
+        this worker's prediction log and quality objects (see :mod:`.feedback`); returns how
+        many sketch windows were written."""
 
         def counted(ok: bool) -> None:
             self.metrics.sketch_flushes["ok" if ok else "error"] += 1
 
-        return await self.writer.flush(self.manager.windows(final=final), counted)
+        written = await self.writer.flush(self.manager.windows(final=final), counted)
+        table = self.manager.state.table
+        if table is not None:
+            await self.feedback.flush(table.namespace, table.deployment, final=final)
+        return written
 
     async def sketch_loop(self) -> None:
         interval = self.config.sketch_interval

@@ -66,6 +66,10 @@ class ServingState:
     router: Router[ServedVersion] | None
     names: frozenset[str] = frozenset()
     """What clients may call the model: its name and the deployment's."""
+    shadows: tuple[ServedVersion, ...] = ()
+    """In shadow mode, the servable canaries that predict a copy of stable's requests."""
+    sticky_header: str | None = None
+    """The routing table's ``stickyHeader``, lower-cased."""
 
     @classmethod
     def empty(cls) -> ServingState:
@@ -92,10 +96,18 @@ class ServingState:
             raise ProtocolError(_unavailable(found), 503)
         return found
 
-    def route(self, request_id: str | None) -> ServedVersion:
+    def route(self, key: str | None) -> ServedVersion:
+        """The version for a routing key (sticky header value or request id, or None)."""
         if self.router is None:
             raise ProtocolError(f"model {self.model_name!r} has no version ready to serve", 503)
-        return self.router.pick(request_id)
+        return self.router.pick(key)
+
+    def shadows_of(self, answered: ServedVersion) -> tuple[ServedVersion, ...]:
+        """The versions that predict a copy of a routed request ``answered`` answered: the
+        shadows when stable answered it, else none."""
+        if not self.shadows or answered.entry.role != "stable":
+            return ()
+        return self.shadows
 
     @property
     def model_name(self) -> str:
@@ -114,9 +126,13 @@ def build_state(table: RoutingTable, versions: list[ServedVersion]) -> ServingSt
         if number is not None:
             aliases.setdefault(str(number), v)
     servable = [v for v in versions if v.model is not None]
+    shadow_mode = table.mode == "shadow"
     router = None
     if servable:
-        weights = [v.entry.weight for v in servable]
+        # Shadow mode: clients only ever get stable's answers, whatever the canary's weight.
+        weights = [
+            0 if shadow_mode and v.entry.role == "canary" else v.entry.weight for v in servable
+        ]
         missing = 100 - sum(weights)
         if missing:
             # The share of versions that cannot serve goes to stable, else to the heaviest.
@@ -127,7 +143,11 @@ def build_state(table: RoutingTable, versions: list[ServedVersion]) -> ServingSt
             weights[heir] += missing
         canary = [v.entry.role == "canary" for v in servable]
         router = Router(servable, weights, canary)
-    return ServingState(table, by_name, aliases, router, frozenset(table.names()))
+    shadows: tuple[ServedVersion, ...] = ()
+    if shadow_mode and any(v.entry.role == "stable" for v in servable):
+        shadows = tuple(v for v in servable if v.entry.role == "canary")
+    header = table.sticky_header.lower() if table.sticky_header else None
+    return ServingState(table, by_name, aliases, router, frozenset(table.names()), shadows, header)
 
 
 class ModelManager:

@@ -11,6 +11,21 @@ ConfigMap, key ``routing.json``) and every serving pod (which reads it).
 
 Weights are integers that sum to 100; a version at weight 0 stays loaded and answers only
 requests that name it.
+
+``mode`` (default ``canary``) says how the canary is used, and ``stickyHeader`` (optional) names
+a request header whose value routes instead of the request id:
+
+- ``canary`` and ``abtest``: requests are split by weight (see :mod:`modelops.serving.router`).
+  The routing key is the ``stickyHeader`` value when the request carries it (gRPC: that
+  metadata key), else the request ``id``, else none (an exact per-worker round robin), so one
+  user stays on one version as long as the split does not change.
+- ``shadow``: the stable version answers every routed request, whatever the weights say (the
+  operator writes the canary at weight 0); each canary also predicts a copy of each request
+  stable answered, off the client's path: its inputs go into its own sketch window, its
+  predictions are compared with stable's (agreement) and remembered with the request id, so
+  labels join for it too. Requests naming a canary are still answered by it.
+
+    {"deployment": "iris", ..., "mode": "abtest", "stickyHeader": "x-user-id", "versions": [...]}
 """
 
 from __future__ import annotations
@@ -23,11 +38,15 @@ from pydantic import Field, model_validator
 from modelops.api.common import ArtifactRef, Model
 from modelops.api.modelversion import Signature
 
+Mode = Literal["canary", "abtest", "shadow"]
+
 CONFIGMAP_KEY = "routing.json"
 TRANSIENT_REASON = "StoreUnavailable"
 """In a pod report's ``failed``, a load failure that may pass (the store unreachable): the
 operator waits on it; any other reason is the artifact's own, and rolls a canary back."""
 _NUMBER_SUFFIX = re.compile(r"-v([0-9]+)$")
+HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$"
+"""An HTTP header field name (an RFC 9110 token), at most 128 characters."""
 
 
 class VersionEntry(Model):
@@ -54,6 +73,12 @@ class RoutingTable(Model):
     namespace: str = "default"
     model: str = Field(min_length=1)
     versions: list[VersionEntry] = Field(min_length=1)
+    mode: Mode = "canary"
+    """How canaries take traffic: a weighted split (``canary``, ``abtest``) or a copy of the
+    requests stable answers (``shadow``)."""
+    sticky_header: str | None = Field(default=None, pattern=HEADER_NAME)
+    """A request header (gRPC: metadata key) whose value, when present, is the routing key
+    instead of the request id; matched without regard to case."""
 
     @model_validator(mode="after")
     def _consistent(self) -> RoutingTable:
