@@ -149,15 +149,11 @@ async def test_a_status_patch_with_nan_is_refused_by_the_server(
     """The fault the in-process stand-in hid: JSON has no NaN, and the server says so (400)."""
     run = sample("trainingrun-iris.yaml", namespace)
     await cluster.create(run)
-    body = '{"status": {"metrics": {"r2": NaN}}}'
-    url = (
-        f"{cluster.server}/apis/{API_VERSION}/namespaces/{namespace}/trainingruns/"
-        f"{run['metadata']['name']}/status"
-    )
-    async with cluster.session.patch(
-        url, data=body, headers={"Content-Type": "application/merge-patch+json"}
-    ) as response:
-        assert response.status == 400, await response.text()
+    body = {"status": {"metrics": {"r2": float("nan")}}}  # sent as `NaN` by json.dumps
+    name = run["metadata"]["name"]
+    with pytest.raises(ApiError) as refused:
+        await cluster.patch(API_VERSION, "TrainingRun", namespace, name, body, subresource="status")
+    assert refused.value.status == 400, refused.value
 
 
 @pytest.mark.parametrize(

@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import ssl
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
-from modelops.controllers.cluster import Cluster
+from modelops.controllers.cluster import ApiError, Cluster
 from modelops.local.cluster import LocalCluster
-from modelops.serving.routing_source import ConfigMapSource, KubeAccess
+from modelops.serving.routing_source import ConfigMapSource
 from unit.serving.test_serving_support import routing_reader_kubeconfig
 
 pytestmark = pytest.mark.integration
@@ -44,15 +42,26 @@ def data(table: dict[str, Any]) -> dict[str, Any]:
     return {"data": {"routing.json": json.dumps(table)}}
 
 
+@pytest.fixture
+async def closing() -> AsyncIterator[list[Cluster]]:
+    """Clients the test makes, closed after it."""
+    clients: list[Cluster] = []
+    yield clients
+    for client in clients:
+        await client.close()
+
+
 async def test_configmap_source_lists_then_watches(
-    local_cluster: LocalCluster, admin: Cluster, namespace: str
+    local_cluster: LocalCluster, admin: Cluster, namespace: str, closing: list[Cluster]
 ) -> None:
     control_plane = local_cluster.control_plane
-    access = KubeAccess.from_kubeconfig(control_plane.kubeconfig("admin"))
-    assert access.server == control_plane.url and access.namespace is None
-    assert isinstance(access.ssl, ssl.SSLContext)  # the embedded CA and client certificate
+    # the embedded CA and client certificate
+    reader = Cluster.from_kubeconfig(control_plane.kubeconfig("admin"))
+    closing.append(reader)
+    await reader.connect()
+    assert reader.server == control_plane.url and reader.namespace is None
     got: list[Any] = []
-    source = ConfigMapSource(access, namespace, NAME, max_backoff=0.2)
+    source = ConfigMapSource(reader, namespace, NAME, max_backoff=0.2)
     task = asyncio.create_task(source.run(lambda text: got.append(json.loads(text))))
     try:
         await asyncio.sleep(0.3)  # the ConfigMap does not exist yet: fine, keep watching
@@ -67,10 +76,15 @@ async def test_configmap_source_lists_then_watches(
         await until(lambda: got[-1] == {"v": 3})
     finally:
         task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_configmap_source_watches_with_only_the_serving_role(
-    local_cluster: LocalCluster, admin: Cluster, namespace: str, tmp_path: Path
+    local_cluster: LocalCluster,
+    admin: Cluster,
+    namespace: str,
+    tmp_path: Path,
+    closing: list[Cluster],
 ) -> None:
     kubeconfig = await asyncio.to_thread(
         routing_reader_kubeconfig,
@@ -81,12 +95,12 @@ async def test_configmap_source_watches_with_only_the_serving_role(
         [NAME],
         tmp_path / "reader.kubeconfig",
     )
-    access = KubeAccess.from_kubeconfig(kubeconfig)
-    assert access.auth_headers()["Authorization"].startswith("Bearer ")
+    reader = Cluster.from_kubeconfig(kubeconfig)
+    closing.append(reader)
     await admin.create_new(configmap(namespace, {"v": 1}))
     await admin.create_new(configmap(namespace, {"other": True}, name="other"))
     got: list[Any] = []
-    source = ConfigMapSource(access, namespace, NAME, max_backoff=0.2)
+    source = ConfigMapSource(reader, namespace, NAME, max_backoff=0.2)
     task = asyncio.create_task(source.run(lambda text: got.append(json.loads(text))))
     try:
         await until(lambda: got == [{"v": 1}])
@@ -94,12 +108,11 @@ async def test_configmap_source_watches_with_only_the_serving_role(
         await until(lambda: got == [{"v": 1}, {"v": 2}])
     finally:
         task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
     # The same credentials may read nothing else: not the other ConfigMap, not the list.
-    base = f"{access.server}/api/v1/namespaces/{namespace}/configmaps"
-    connector = aiohttp.TCPConnector(ssl=access.ssl)
-    async with aiohttp.ClientSession(connector=connector, headers=access.auth_headers()) as s:
-        for url in (f"{base}/other", base):
-            async with s.get(url) as r:
-                assert r.status == 403, await r.text()
-        async with s.get(f"{base}/{NAME}") as r:
-            assert r.status == 200, await r.text()
+    base = f"/api/v1/namespaces/{namespace}/configmaps"
+    for url in (f"{base}/other", base):
+        with pytest.raises(ApiError) as refused:
+            await reader.request("GET", url)
+        assert refused.value.status == 403, refused.value
+    assert (await reader.request("GET", f"{base}/{NAME}"))["metadata"]["name"] == NAME

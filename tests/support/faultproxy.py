@@ -10,8 +10,10 @@ back (watches included). Faults are injected by rules:
 - ``drop_watches()``: cut every open watch stream (as a restarting API server does);
 - ``delay(seconds, ...)``: hold matching requests before forwarding them.
 
-Every injected fault is counted in ``injected`` by kind. Runs in its own thread and loop so a
-synchronous test can use it too.
+Every injected fault is counted in ``injected`` by kind, and every forwarded request in
+``requests`` by Kubernetes verb and resource (:func:`kube_verb`): with no rule the proxy is a
+pass-through request counter (``tests/bench/bench_operator.py``). Runs in its own thread and
+loop so a synchronous test can use it too.
 """
 
 from __future__ import annotations
@@ -28,6 +30,33 @@ import aiohttp
 from aiohttp import web
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "upgrade"}
+
+
+def kube_verb(method: str, path: str, watch: bool) -> tuple[str, str]:
+    """The Kubernetes verb and resource of a request, as the API server's audit names them:
+    ``(verb, resource)`` with verb in get, list, watch, create, update, patch, delete,
+    deletecollection; ``("get", "")`` for non-resource paths (``/version``, discovery).
+    A subresource is ``resource/sub`` (``deployments/status``)."""
+    parts = [p for p in path.split("/") if p]
+    if parts[:1] == ["api"] and len(parts) >= 2:
+        parts = parts[2:]
+    elif parts[:1] == ["apis"] and len(parts) >= 3:
+        parts = parts[3:]
+    else:
+        return "get", ""
+    if len(parts) >= 3 and parts[0] == "namespaces":
+        parts = parts[2:]  # a namespaced resource; ["namespaces", name] is a Namespace itself
+    if not parts:
+        return "get", ""
+    named = len(parts) >= 2
+    resource = "/".join(parts[:1] + parts[2:3])
+    if method == "GET":
+        verb = "watch" if watch else ("get" if named else "list")
+    else:
+        verb = {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(method, method.lower())
+        if method == "DELETE":
+            verb = "delete" if named else "deletecollection"
+    return verb, resource
 
 
 @dataclass
@@ -61,6 +90,7 @@ class FaultProxy:
         self.rules: list[Rule] = []
         self.injected: Counter[str] = Counter()
         self.forwarded = 0
+        self.requests: Counter[tuple[str, str]] = Counter()  # forwarded, by (verb, resource)
         self.port = 0
         self._watches: set[web.StreamResponse] = set()
         self._loop = asyncio.new_event_loop()
@@ -107,7 +137,8 @@ class FaultProxy:
     async def _start(self) -> None:
         upstream_tls = ssl.create_default_context(cafile=self.ca_file)
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=upstream_tls),
+            # No connection limit of its own (aiohttp's is 100): the client's pool decides.
+            connector=aiohttp.TCPConnector(ssl=upstream_tls, limit=0),
             timeout=aiohttp.ClientTimeout(total=None, sock_read=None),
             auto_decompress=False,
         )
@@ -169,6 +200,8 @@ class FaultProxy:
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         assert self._session is not None
         self.forwarded += 1
+        watch = request.query.get("watch") in ("true", "1")
+        self.requests[kube_verb(request.method, request.path, watch)] += 1
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         body = await request.read()
         async with self._session.request(
@@ -178,7 +211,6 @@ class FaultProxy:
             for key, value in upstream.headers.items():
                 if key.lower() not in _HOP_BY_HOP:
                     response.headers[key] = value
-            watch = "watch=true" in request.query_string or "watch=1" in request.query_string
             await response.prepare(request)
             if watch:
                 self._watches.add(response)

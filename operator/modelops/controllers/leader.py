@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import kopf
 from aiohttp import web
 
 from modelops.controllers.cluster import ApiError, Cluster, JsonDict
@@ -285,7 +284,7 @@ async def run_as_leader(
     0 after SIGTERM/SIGINT (the Lease released); 1 when leadership was lost (the pod
     restarts and stands by again, as client-go's callers exit on OnStoppedLeading).
     """
-    cluster = Cluster.login(kopf.OperatorSettings())
+    cluster = Cluster.login()
     elector = Elector(cluster, namespace, name, identity(pod_name), timing=timing)
     loop = asyncio.get_running_loop()
     signalled, stop_kopf = asyncio.Event(), asyncio.Event()

@@ -1,48 +1,46 @@
-"""A tiny informer: list, then watch, one resource; keep the objects in memory.
+"""A tiny informer: one collection kept in memory, from the client's list+watch.
 
-The resource is a collection URL (``/api/v1/pods``, all namespaces), optionally narrowed by a
-field and a label selector; the session carries the credentials (TLS client certificate).
-Every change calls ``on_change(type, object)``; a stream that ends is resumed from the last
-resourceVersion, and an expired one (410) is listed again.
+The collection is a kind (all namespaces), optionally narrowed by a field and a label selector;
+the :class:`~modelops.controllers.cluster.Cluster` carries the credentials. Every change calls
+``on_change(type, object)``; the watch itself (resumption, ``410 Gone``, bookmarks, back-off)
+is :meth:`Cluster.watch`. After a (re)list, objects that are gone are reported ``DELETED`` and
+new or changed ones ``ADDED``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import logging
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
-
-logger = logging.getLogger(__name__)
+from modelops.controllers.cluster import Cluster
 
 Obj = dict[str, Any]
-WATCH_SECONDS = 240
 
 
 class Informer:
+    """The objects of ``kind`` (``api_version``) by (namespace, name), kept current.
+
+    ``synced`` is set once the first list is in.
+    """
+
     def __init__(
         self,
-        session: aiohttp.ClientSession,
-        url: str,
+        cluster: Cluster,
+        api_version: str,
+        kind: str,
         on_change: Callable[[str, Obj], None],
         *,
         field_selector: str | None = None,
         label_selector: str | None = None,
     ) -> None:
-        self.url = url
-        self.kind = url.rsplit("/", 1)[-1]
-        self._selectors = {
-            k: v
-            for k, v in (("fieldSelector", field_selector), ("labelSelector", label_selector))
-            if v
-        }
+        self.kind = kind
         self.objects: dict[tuple[str, str], Obj] = {}
         self.synced = asyncio.Event()
-        self._session = session
+        self._cluster = cluster
+        self._api_version = api_version
+        self._field_selector, self._label_selector = field_selector, label_selector
         self._on_change = on_change
         self._task: asyncio.Task[None] | None = None
 
@@ -61,26 +59,28 @@ class Informer:
         return (meta.get("namespace", ""), meta["name"])
 
     async def _run(self) -> None:
-        backoff = 0.2
-        while True:
-            try:
-                rv: str | None = await self._list()
-                self.synced.set()
-                while rv is not None:
-                    rv = await self._watch(rv)
-                    backoff = 0.2
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                logger.warning("informer %s: %r; retrying", self.kind, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+        watch = self._cluster.watch(
+            self._api_version,
+            self.kind,
+            None,
+            field_selector=self._field_selector,
+            label_selector=self._label_selector,
+        )
+        async with contextlib.aclosing(watch) as events:
+            async for event in events:
+                if event.type == "LISTED":
+                    self._replace(event.object.get("items") or [])
+                    self.synced.set()
+                    continue
+                key = self.key(event.object)
+                if event.type == "DELETED":
+                    self.objects.pop(key, None)
+                else:
+                    self.objects[key] = event.object
+                self._on_change(event.type, event.object)
 
-    async def _list(self) -> str:
-        async with self._session.get(self.url, params=self._selectors) as resp:
-            resp.raise_for_status()
-            body = await resp.json()
-        fresh = {self.key(o): o for o in body.get("items", [])}
+    def _replace(self, items: list[Obj]) -> None:
+        fresh = {self.key(o): o for o in items}
         for key, obj in list(self.objects.items()):
             if key not in fresh:
                 del self.objects[key]
@@ -89,44 +89,3 @@ class Informer:
             if self.objects.get(key) != obj:
                 self.objects[key] = obj
                 self._on_change("ADDED", obj)
-        return str(body.get("metadata", {}).get("resourceVersion", ""))
-
-    async def _watch(self, rv: str) -> str | None:
-        params = {
-            **self._selectors,
-            "watch": "true",
-            "resourceVersion": rv,
-            "timeoutSeconds": str(WATCH_SECONDS),
-            "allowWatchBookmarks": "true",
-        }
-        async with self._session.get(self.url, params=params) as resp:
-            if resp.status == 410:
-                return None
-            resp.raise_for_status()
-            buffer = b""
-            async for chunk in resp.content.iter_any():  # lines may be longer than readline's cap
-                buffer += chunk
-                *lines, buffer = buffer.split(b"\n")
-                for line in lines:
-                    if line.strip():
-                        resume = self._apply(json.loads(line), rv)
-                        if resume is None:
-                            return None
-                        rv = resume
-        return rv
-
-    def _apply(self, event: Obj, rv: str) -> str | None:
-        """Apply one watch event; the resourceVersion to resume from, None to list again."""
-        kind, obj = event.get("type"), event.get("object") or {}
-        if kind == "ERROR":
-            return None  # 410 Gone inside the stream: list again
-        new_rv = str(obj.get("metadata", {}).get("resourceVersion", rv))
-        if kind == "BOOKMARK":
-            return new_rv
-        key = self.key(obj)
-        if kind == "DELETED":
-            self.objects.pop(key, None)
-        else:
-            self.objects[key] = obj
-        self._on_change(str(kind), obj)
-        return new_rv

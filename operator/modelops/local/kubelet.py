@@ -48,7 +48,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import kopf
 import yaml
 from aiohttp import web
@@ -67,6 +66,7 @@ from modelops.local.podenv import (
 from modelops.local.pods import Launch, LocalPod, now_iso
 from modelops.local.proxy import ServiceProxy
 from modelops.local.s3server import free_port
+from modelops.local.simpods import PodSimulator, Simulation
 
 __all__ = ["KubeletConfig", "PodSpecError", "ProcessKubelet"]
 
@@ -121,6 +121,10 @@ class KubeletConfig:
     # None: the node's own (then something else must grant it that read).
     proxy_cert: Path | None = None
     proxy_key: Path | None = None
+    # No-process mode (modelops.local.simpods): every pod Running and Ready without a process,
+    # serving pods writing reports and sketch windows; no Service proxies. None: run processes.
+    simulation: Simulation | None = None
+    max_pods: int = 110  # the Node's pods capacity
 
 
 def cpu_count(quantity: Any) -> int | None:
@@ -163,7 +167,8 @@ class ProcessKubelet:
         self.config = config
         self.pods: dict[str, LocalPod] = {}  # by the Pod's uid, until the object is deleted
         self.proxies: dict[tuple[str, str], dict[str, ServiceProxy]] = {}
-        self.cluster: Cluster | None = None
+        self.cluster: Cluster | None = None  # the node's identity
+        self._proxy_cluster: Cluster | None = None  # kube-proxy's, for Services and slices
         self.port = 0  # the kubelet server's HTTPS port, once started
         self._addresses = PodAddresses()
         self._terminating: set[str] = set()  # uids whose termination has begun
@@ -178,49 +183,54 @@ class ProcessKubelet:
         self._node_uid = ""
         self._version = "v0.0.0"
         self._ready_since = now_iso()
-        self._session: aiohttp.ClientSession | None = None  # watches: no overall timeout
-        self._proxy_session: aiohttp.ClientSession | None = None  # kube-proxy's watches
         self._informers: dict[str, Informer] = {}
         self._runner: web.AppRunner | None = None
+        self.simulator: PodSimulator | None = None  # in no-process mode
 
     # -- running --
 
     async def start(self) -> None:
         """Serve, register the Node, renew its Lease, and take on the pods bound to it."""
         cfg = self.config
-        self.cluster = Cluster(
-            kopf.ConnectionInfo(
-                server=cfg.api_url,
-                ca_path=str(cfg.ca_file),
-                certificate_path=str(cfg.client_cert),
-                private_key_path=str(cfg.client_key),
-            )
-        )
-        self._session = _watch_session(cfg.ca_file, cfg.client_cert, cfg.client_key)
-        self._proxy_session = _watch_session(
-            cfg.ca_file, cfg.proxy_cert or cfg.client_cert, cfg.proxy_key or cfg.client_key
+        self.cluster = _client(cfg.api_url, cfg.ca_file, cfg.client_cert, cfg.client_key)
+        self._proxy_cluster = proxy = _client(
+            cfg.api_url,
+            cfg.ca_file,
+            cfg.proxy_cert or cfg.client_cert,
+            cfg.proxy_key or cfg.client_key,
         )
         await self._serve()
+        if cfg.simulation is not None:
+            self.simulator = PodSimulator(
+                cfg.simulation,
+                api_url=cfg.api_url,
+                ca_file=cfg.ca_file,
+                node=self.cluster,
+                aliases=cfg.aliases,
+            )
+            await self.simulator.start()
         self._version = str((await self._api("GET", "/version")).get("gitVersion", "v0.0.0"))
         await self._register_node()
         await self._renew_lease()
         self._loops.append(asyncio.create_task(self._heartbeat(), name="kubelet heartbeat"))
 
         # Services and EndpointSlices first: a pod prepared later finds their addresses.
-        base = cfg.api_url.rstrip("/")
-        slices = f"{base}/apis/discovery.k8s.io/v1/endpointslices"
-        async with self._proxy_session.get(slices, params={"limit": "1"}) as probe:
-            if probe.status == 403:
-                raise PermissionError(
-                    "the kubelet may not read EndpointSlices (the Node authorizer never lets a "
-                    "node): give it kube-proxy's identity (proxy_cert/proxy_key, "
-                    "CN=system:kube-proxy) or bind system:node-proxier to the node"
-                )
+        try:
+            await proxy.request("GET", "/apis/discovery.k8s.io/v1/endpointslices?limit=1")
+        except ApiError as exc:
+            if exc.status != 403:
+                raise
+            raise PermissionError(
+                "the kubelet may not read EndpointSlices (the Node authorizer never lets a "
+                "node): give it kube-proxy's identity (proxy_cert/proxy_key, "
+                "CN=system:kube-proxy) or bind system:node-proxier to the node"
+            ) from exc
         self._informers = {
-            "services": Informer(self._proxy_session, f"{base}/api/v1/services", self._on_change),
+            "services": Informer(proxy, "v1", "Service", self._on_change),
             "slices": Informer(
-                self._proxy_session,
-                slices,
+                proxy,
+                "discovery.k8s.io/v1",
+                "EndpointSlice",
                 self._on_change,
                 label_selector=SERVICE_NAME_LABEL,
             ),
@@ -230,8 +240,9 @@ class ProcessKubelet:
         await asyncio.gather(*(i.synced.wait() for i in self._informers.values()))
         await self._sync_services()
         pods = Informer(
-            self._session,
-            f"{base}/api/v1/pods",
+            self.cluster,
+            "v1",
+            "Pod",
             self._on_pod,
             field_selector=f"spec.nodeName={cfg.node_name}",
         )
@@ -260,20 +271,17 @@ class ProcessKubelet:
         proxies = [proxy for ports in self.proxies.values() for proxy in ports.values()]
         self.proxies.clear()
         results += await asyncio.gather(*(p.stop() for p in proxies), return_exceptions=True)
+        if self.simulator is not None:
+            results += await asyncio.gather(self.simulator.stop(), return_exceptions=True)
         for result in results:
             if isinstance(result, Exception):
                 logger.warning("stopping the kubelet: %r", result)
         if self._runner is not None:
             with contextlib.suppress(Exception):
                 await self._runner.cleanup()
-        sessions = (
-            self._session,
-            self._proxy_session,
-            self.cluster.session if self.cluster else None,
-        )
-        for session in sessions:
-            if session is not None:
-                await session.close()
+        for client in (self.cluster, self._proxy_cluster):
+            if client is not None:
+                await client.close()
 
     def _spawn(self, coro: Any, name: str) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro, name=name)
@@ -345,7 +353,7 @@ class ProcessKubelet:
         capacity = {
             "cpu": str(self.config.cpu_capacity),
             "memory": f"{_mem_total_kib()}Ki",
-            "pods": "110",
+            "pods": str(self.config.max_pods),
             "ephemeral-storage": f"{_disk_kib(self.config.state_dir)}Ki",
         }
         conditions = [
@@ -481,7 +489,8 @@ class ProcessKubelet:
         """Take a new pod on: its IP, its directory, its process (or ErrImagePull)."""
         image = obj["spec"]["containers"][0].get("image", "")
         runnable = image in self.config.images
-        local = LocalPod(
+        make = LocalPod if self.simulator is None else self.simulator.pod
+        local = make(
             obj,
             prepare=self._prepare,
             on_change=self._wake.set,
@@ -786,6 +795,8 @@ class ProcessKubelet:
 
     async def _sync_services(self) -> None:
         """A loopback proxy per port of each Service with a selector; none for the rest."""
+        if self.simulator is not None:
+            return  # no processes: nothing to proxy to
         live = {
             Informer.key(s): s
             for s in self._informers["services"].objects.values()
@@ -963,12 +974,13 @@ def _disk_kib(path: Path) -> int:
     return shutil.disk_usage(path).total // 1024
 
 
-def _watch_session(ca: Path, cert: Path, key: Path) -> aiohttp.ClientSession:
-    """A session for long watches as one identity (a client certificate): no overall timeout."""
-    context = ssl.create_default_context(cafile=str(ca))
-    context.load_cert_chain(str(cert), str(key))
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(ssl=context),
-        headers={"Accept": "application/json"},
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=None),
+def _client(server: str, ca: Path, cert: Path, key: Path) -> Cluster:
+    """The API client of one identity (a client certificate signed by the cluster CA)."""
+    return Cluster(
+        kopf.ConnectionInfo(
+            server=server,
+            ca_path=str(ca),
+            certificate_path=str(cert),
+            private_key_path=str(key),
+        )
     )
