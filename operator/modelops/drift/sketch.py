@@ -28,8 +28,10 @@ test: the lexicographically smallest ``MAX_UNSEEN`` names, the rest summed in ``
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -50,6 +52,9 @@ MAX_UNSEEN = 100
 # Numeric features with this few reference values are tested like categories (as Evidently
 # does), so new values must be told apart.
 DISCRETE_MAX = 5
+LOOKUP_MAX = 512
+"""Label columns up to this long are counted with one dict lookup per value; longer ones are
+hashed by ``pandas.factorize``, which costs more per call but less per value."""
 
 
 @dataclass
@@ -127,7 +132,7 @@ class FeatureCounts:
 
 @dataclass(frozen=True)
 class _Layout:
-    """What update() needs from the profile, precomputed once."""
+    """What counting needs from one feature of the profile, precomputed once."""
 
     kind: str
     edges: FloatArray
@@ -147,42 +152,23 @@ class _Layout:
         discrete = exact and feature["unique"] <= DISCRETE_MAX
         return cls("numeric", edges, anchors(edges), exact, discrete, {})
 
+    @property
+    def size(self) -> int:
+        """Length of the feature's count array."""
+        return len(self.categories) if self.kind == "categorical" else self.edges.size + 1
+
     def empty(self) -> FeatureCounts:
         if self.kind == "categorical":
-            return FeatureCounts("categorical", np.zeros(len(self.categories), dtype=np.int64))
-        m = self.edges.size + 1
+            return FeatureCounts("categorical", np.zeros(self.size, dtype=np.int64))
         return FeatureCounts(
             "numeric",
-            np.zeros(m, dtype=np.int64),
-            offsets=np.zeros(m, dtype=np.float64),
-            hits=np.zeros(m, dtype=np.int64) if self.exact else None,
+            np.zeros(self.size, dtype=np.int64),
+            offsets=np.zeros(self.size, dtype=np.float64),
+            hits=np.zeros(self.size, dtype=np.int64) if self.exact else None,
         )
 
-    def count(self, state: FeatureCounts, values: object) -> None:
-        if self.kind == "categorical":
-            self._count_labels(state, values)
-        else:
-            self._count_numbers(state, np.asarray(values, dtype=np.float64).ravel())
-
-    def _count_numbers(self, state: FeatureCounts, x: FloatArray) -> None:
-        finite = np.isfinite(x)
-        if not finite.all():
-            state.missing += int(x.size - np.count_nonzero(finite))
-            x = x[finite]
-        m = self.edges.size + 1
-        idx = np.searchsorted(self.edges, x, side="right")
-        offset = x - self.anchors[idx]
-        state.counts += np.bincount(idx, minlength=m)
-        assert state.offsets is not None
-        state.offsets += np.bincount(idx, weights=offset, minlength=m)
-        if state.hits is not None:
-            on_edge = offset == 0.0
-            state.hits += np.bincount(idx[on_edge], minlength=m)
-            if self.track_unseen and not on_edge.all():
-                names, counts, _ = count_labels(x[~on_edge])
-                state.add_unseen(names, counts)
-
-    def _count_labels(self, state: FeatureCounts, values: object) -> None:
+    def count_labels(self, state: FeatureCounts, values: object) -> None:
+        """Count categorical ``values`` (any 1-D sequence; labels are compared as ``str``)."""
         names, counts, missing = count_labels(values)
         state.missing += missing
         self.add_counts(state, names, counts)
@@ -198,79 +184,178 @@ class _Layout:
             )
 
 
-class _Packed:
-    """All binned numeric features of a live sketch counted together.
+@dataclass(frozen=True)
+class _Labels:
+    """One categorical feature of a packed sketch: where its labels go in the shared counts."""
 
-    Their count and offset arrays are views of two shared buffers, so after one sort of the
-    batch and one binary search per feature, the batch is counted with one ``bincount`` per
-    buffer instead of several numpy calls per feature (the binary searches remain most of
-    the cost). A deep copy or a pickle of the sketch would cut the views from the buffers:
-    the live sketch is never copied (``merge`` and ``to_dict`` make new arrays).
+    layout: _Layout
+    state: FeatureCounts
+    slots: dict[str, int]  # category -> index in the shared counts buffer
+    true_false: tuple[int, int]  # slots of "True" and "False", for boolean columns
+
+    def slots_of(self, values: object, spare: int) -> npt.NDArray[np.intp] | None:
+        """Shared-buffer slots of ``values``: ``spare`` for values counted here instead
+        (missing, unseen, or labels only ``str()`` turns into a category, like 1 for "1");
+        None when the whole column was counted here."""
+        if not isinstance(values, np.ndarray) or values.ndim != 1:
+            self.layout.count_labels(self.state, values)
+            return None
+        if values.dtype.kind == "b":
+            slots = np.where(values, *self.true_false).astype(np.intp, copy=False)
+        elif values.dtype.kind in "OU" and values.size <= LOOKUP_MAX:
+            lookup = map(self.slots.get, values.tolist(), repeat(spare))
+            slots = np.fromiter(lookup, dtype=np.intp, count=values.size)
+        else:  # pandas.factorize hashes long columns faster than a dict lookup per value
+            self.layout.count_labels(self.state, values)
+            return None
+        rest = slots == spare
+        if rest.any():
+            others = values[rest]
+            labels = others.tolist()
+            if all(type(label) is str for label in labels):  # new labels, already named
+                counted = Counter(labels)
+                self.state.add_unseen(list(counted), np.fromiter(counted.values(), np.int64))
+            else:
+                self.layout.count_labels(self.state, others)
+        return slots
+
+
+class _Packed:
+    """Every feature of a live sketch counted together, in a few numpy calls per batch.
+
+    The features' ``counts``, ``offsets`` and ``hits`` are views of three shared buffers laid
+    out as [bins of each numeric feature, exact ones first | categories of each categorical
+    feature | spare], so a batch is counted with one ``bincount`` per buffer over global
+    slots: a numeric value's slot is its feature's base plus its bin (one binary search per
+    numeric feature over the whole batch, on sorted values), a label's slot comes from a dict
+    lookup (columns longer than ``LOOKUP_MAX`` are hashed by ``pandas.factorize`` instead).
+    Values counted apart (missing, unseen) go to the spare slot, which no feature sees. The
+    layout is derived once per sketch, not per batch.
+
+    A copy or pickle of a sketch would cut the views from the buffers, so ``Sketch`` drops
+    this object when copied and rebuilds it from the features' arrays at the next update.
     """
 
     def __init__(
-        self,
-        names: list[str],
-        columns: npt.NDArray[np.intp],
-        edges: list[FloatArray],
-        anchors: FloatArray,
-        bases: npt.NDArray[np.intp],
-        counts: IntArray,
-        offsets: FloatArray,
+        self, layouts: Mapping[str, _Layout], features: Mapping[str, FeatureCounts]
     ) -> None:
-        self.names = frozenset(names)
-        self.columns = columns
-        self.edges = edges
-        self.anchors = anchors
-        self.bases = bases
-        self.counts = counts
-        self.offsets = offsets
+        if features.keys() != layouts.keys():
+            raise ValueError("the sketch's features differ from its profile's")
+        names = list(layouts)
+        # Exact features first: their hits then fit a short bincount.
+        numeric = [name for name in names if layouts[name].exact]
+        numeric += [n for n in names if layouts[n].kind == "numeric" and not layouts[n].exact]
+        categorical = [name for name in names if layouts[name].kind == "categorical"]
+        starts = np.cumsum([0] + [layouts[name].size for name in numeric + categorical])
+        self.spare = int(starts[-1])
+        self.counts = np.zeros(self.spare + 1, dtype=np.int64)
+        self.offsets = np.zeros(self.spare + 1, dtype=np.float64)
+        exact = [r for r, name in enumerate(numeric) if layouts[name].exact]
+        self.hits = np.zeros(int(starts[len(exact)]), dtype=np.int64)  # exact features only
+        for name, start in zip(numeric + categorical, starts.tolist(), strict=False):
+            state, stop = features[name], start + layouts[name].size
+            state.counts = _share(self.counts, start, stop, state.counts, name)
+            if layouts[name].kind == "numeric":
+                state.offsets = _share(self.offsets, start, stop, state.offsets, name)
+            if layouts[name].exact:
+                state.hits = _share(self.hits, start, stop, state.hits, name)
 
-    @classmethod
-    def of(cls, layouts: dict[str, _Layout], features: dict[str, FeatureCounts]) -> _Packed | None:
-        chosen = [
-            (j, name, layout)
-            for j, (name, layout) in enumerate(layouts.items())
-            if layout.kind == "numeric" and not layout.exact
-        ]
-        if not chosen:
-            return None
-        sizes = [layout.edges.size + 1 for _, _, layout in chosen]
-        bases = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.intp)
-        counts = np.zeros(sum(sizes), dtype=np.int64)
-        offsets = np.zeros(sum(sizes), dtype=np.float64)
-        for (_, name, _), base, size in zip(chosen, bases, sizes, strict=True):
-            features[name].counts = counts[base : base + size]
-            features[name].offsets = offsets[base : base + size]
-        return cls(
-            [name for _, name, _ in chosen],
-            np.array([j for j, _, _ in chosen], dtype=np.intp),
-            [layout.edges for _, _, layout in chosen],
-            np.concatenate([layout.anchors for _, _, layout in chosen]),
-            bases[:, None],
-            counts,
-            offsets,
-        )
+        self.names = names
+        self.width = len(names)
+        self.numeric_columns = np.array([names.index(n) for n in numeric], dtype=np.intp)
+        self.numeric_names = numeric
+        self.numeric = [features[name] for name in numeric]
+        self.edges = [layouts[name].edges for name in numeric]
+        self.anchors = np.concatenate([np.empty(0)] + [layouts[n].anchors for n in numeric])
+        self.bases = starts[: len(numeric), None].astype(np.intp)
+        self.exact = len(exact)  # rows 0 .. exact - 1
+        # Features whose values outside the reference are named: (row, counts)
+        self.discrete = [(r, self.numeric[r]) for r in exact if layouts[numeric[r]].track_unseen]
+        self.categorical_columns = [names.index(name) for name in categorical]
+        self.categorical_names = categorical
+        self.labels: list[_Labels] = []
+        for name, start in zip(categorical, starts[len(numeric) : -1].tolist(), strict=True):
+            slots = {label: start + i for label, i in layouts[name].categories.items()}
+            bools = (slots.get("True", self.spare), slots.get("False", self.spare))
+            self.labels.append(_Labels(layouts[name], features[name], slots, bools))
 
-    def count(self, matrix: npt.NDArray[Any]) -> bool:
-        """Count the packed features' columns of ``matrix``; False (nothing counted) when
-        they hold missing values, which the per-feature path accounts for."""
+    def split_matrix(self, rows: npt.NDArray[Any]) -> tuple[FloatArray, list[Any], int]:
+        """A 2-D batch in signature order as ``count`` takes it, and its number of rows."""
+        if rows.ndim != 2 or rows.shape[1] != self.width:
+            raise ValueError(f"expected a 2-D array with {self.width} columns")
+        numbers = np.ascontiguousarray(rows.T[self.numeric_columns], dtype=np.float64)
+        return numbers, [rows[:, j] for j in self.categorical_columns], rows.shape[0]
+
+    def split_columns(self, columns: Mapping[str, Any]) -> tuple[FloatArray, list[Any], int]:
+        """A batch of named columns as ``count`` takes it, and its number of rows."""
+        if missing := [name for name in self.names if name not in columns]:
+            raise ValueError(f"batch lacks columns {missing}")
+        lengths = {len(columns[name]) for name in self.names}
+        if len(lengths) > 1:
+            raise ValueError(f"columns differ in length: {sorted(lengths)}")
+        n = lengths.pop() if lengths else 0
+        shape = f"numeric columns must hold one number per row ({n} rows)"
+        try:
+            numbers = np.array([columns[name] for name in self.numeric_names], dtype=np.float64)
+        except ValueError as exc:  # ragged columns, or values that are not numbers
+            raise ValueError(f"{shape}: {exc}") from None
+        if numbers.size != len(self.numeric_names) * n:
+            raise ValueError(shape)
+        labels = [columns[name] for name in self.categorical_names]
+        return numbers.reshape(len(self.numeric_names), n), labels, n
+
+    def count(self, numbers: FloatArray, labels: Sequence[object]) -> None:
+        """Count one batch: ``numbers`` of shape (numeric features, n), one row per feature of
+        ``numeric_names``; ``labels`` one column of n values per ``categorical_names``."""
+        slots = [self._count_numbers(numbers)] if numbers.size else []
+        for feature, values in zip(self.labels, labels, strict=True):
+            if (found := feature.slots_of(values, self.spare)) is not None:
+                slots.append(found)
+        if slots:
+            self.counts += np.bincount(np.concatenate(slots), minlength=self.counts.size)
+
+    def _count_numbers(self, x: FloatArray) -> npt.NDArray[np.intp]:
         # Sorted keys make numpy's binary search reuse its last bounds: about twice as fast.
-        values = np.sort(matrix.T[self.columns].astype(np.float64, copy=False), axis=1)
-        if values.shape[1] == 0:
-            return True
-        if not np.isfinite(values[:, [0, -1]]).all():  # sorted: -inf first, inf and NaN last
-            return False
-        idx = np.empty(values.shape, dtype=np.intp)
-        for j, edges in enumerate(self.edges):
-            idx[j] = np.searchsorted(edges, values[j], side="right")
+        x = np.sort(x, axis=1)
+        finite = np.isfinite(x)
+        clean = bool(finite.all())
+        if not clean:
+            missing = x.shape[1] - np.count_nonzero(finite, axis=1)
+            for r in np.flatnonzero(missing).tolist():
+                self.numeric[r].missing += int(missing[r])
+            x = np.where(finite, x, 0.0)
+        idx = np.empty(x.shape, dtype=np.intp)
+        for r, edges in enumerate(self.edges):
+            idx[r] = edges.searchsorted(x[r], side="right")
         idx += self.bases
+        offsets = x - self.anchors[idx]
+        if not clean:
+            offsets[~finite] = 0.0
+            idx[~finite] = self.spare
         flat = idx.ravel()
-        size = self.counts.size
-        self.counts += np.bincount(flat, minlength=size)
-        offsets = (values - self.anchors[idx]).ravel()
-        self.offsets += np.bincount(flat, weights=offsets, minlength=size)
-        return True
+        self.offsets += np.bincount(flat, weights=offsets.ravel(), minlength=self.offsets.size)
+        if self.exact:  # a hit is a value equal to its bin's left edge (offset 0)
+            on_edge = offsets[: self.exact] == 0.0
+            if not clean:  # missing values have offset 0 too
+                on_edge &= finite[: self.exact]
+            self.hits += np.bincount(idx[: self.exact][on_edge], minlength=self.hits.size)
+            for r, state in self.discrete:
+                if not on_edge[r].all():
+                    new = offsets[r] != 0.0
+                    names, counts, _ = count_labels(x[r][new])
+                    state.add_unseen(names, counts)
+        return flat
+
+
+def _share(
+    buffer: npt.NDArray[Any], start: int, stop: int, current: npt.NDArray[Any] | None, name: str
+) -> Any:
+    """``buffer[start:stop]`` holding ``current``'s values, to replace it."""
+    view = buffer[start:stop]
+    if current is None or current.shape != view.shape:
+        raise ValueError(f"sketch feature {name!r} does not match its profile's layout")
+    view[...] = current
+    return view
 
 
 class Sketch:
@@ -310,7 +395,7 @@ class Sketch:
         assert sketch._layouts is not None and sketch._prediction_layout is not None
         sketch.features = {name: lay.empty() for name, lay in sketch._layouts.items()}
         sketch.predictions = sketch._prediction_layout.empty()
-        sketch._packed = _Packed.of(sketch._layouts, sketch.features)
+        sketch._packed = _Packed(sketch._layouts, sketch.features)
         return sketch
 
     def _bind(self, profile: Mapping[str, Any]) -> None:
@@ -323,36 +408,40 @@ class Sketch:
         no_classes = {"kind": "categorical", "categories": []}
         self._prediction_layout = _Layout.of(profile.get("predictions") or no_classes)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy's arrays are no longer views of the packed buffers: it packs its own.
+        return self.__dict__ | {"_packed": None}
+
     def update(
         self,
         columns: Mapping[str, Any] | pd.DataFrame | npt.NDArray[Any],
         predictions: Sequence[object] | npt.NDArray[Any] | None = None,
     ) -> None:
-        """Count one batch: a mapping of columns, or a 2-D array in signature order."""
+        """Count one batch of ``n`` rows.
+
+        ``columns`` maps every feature name to ``n`` values (a dict of arrays, a DataFrame),
+        or is an ``(n, features)`` array in signature order; ``predictions`` holds ``n``
+        predicted labels. NaN and infinite numbers, None and NaN labels count as missing.
+
+        Raises RuntimeError for a sketch loaded without its profile, and ValueError for a
+        batch lacking a feature, with columns of different lengths, or of the wrong shape.
+        """
+        packed = self._packed or self._pack()
+        if isinstance(columns, np.ndarray):
+            numbers, labels, n = packed.split_matrix(columns)
+        else:
+            numbers, labels, n = packed.split_columns(columns)
+        packed.count(numbers, labels)
+        if predictions is not None:
+            assert self.predictions is not None and self._prediction_layout is not None
+            self._prediction_layout.count_labels(self.predictions, predictions)
+        self.n_rows += n
+
+    def _pack(self) -> _Packed:
         if self._layouts is None or self._prediction_layout is None:
             raise RuntimeError("sketch was loaded without its profile; pass profile= to update")
-        names = list(self._layouts)
-        if isinstance(columns, np.ndarray):
-            if columns.ndim != 2 or columns.shape[1] != len(names):
-                raise ValueError(f"expected a 2-D array with {len(names)} columns")
-            n = columns.shape[0]
-            batch: dict[str, Any] = {name: columns[:, j] for j, name in enumerate(names)}
-            if self._packed is not None and self._packed.count(columns):
-                batch = {k: v for k, v in batch.items() if k not in self._packed.names}
-        else:
-            if missing := [name for name in names if name not in columns]:
-                raise ValueError(f"batch lacks columns {missing}")
-            batch = {name: columns[name] for name in names}
-            rows = {len(v) for v in batch.values()}
-            if len(rows) > 1:
-                raise ValueError(f"columns differ in length: {sorted(rows)}")
-            n = rows.pop() if rows else 0
-        for name, values in batch.items():
-            self._layouts[name].count(self.features[name], values)
-        if predictions is not None:
-            assert self.predictions is not None
-            self._prediction_layout.count(self.predictions, predictions)
-        self.n_rows += n
+        self._packed = _Packed(self._layouts, self.features)
+        return self._packed
 
     def count_predictions(self, names: Sequence[str], counts: IntArray) -> None:
         """Predictions already counted by class: ``counts[i]`` of ``names[i]``."""

@@ -91,7 +91,8 @@ class SketchWindow:
         rows = self._rows
         self._rows, self._pending = [], 0
         try:
-            self._sketch.update(self._columns(concat_rows(rows)))
+            # The sketch sorts each numeric column itself, all of them in one call.
+            self._sketch.update(concat_rows(rows))
             self._fold_predictions()
         except Exception:  # a counting bug must not take serving down
             logger.exception("sketch update failed for %s", self.stats.version)
@@ -100,21 +101,6 @@ class SketchWindow:
         if self._class_counts is not None and self._class_counts.any():
             self._sketch.count_predictions(self._classes, self._class_counts)
             self._class_counts = np.zeros(len(self._classes), np.int64)
-
-    def _columns(self, rows: Rows) -> npt.NDArray[Any] | dict[str, npt.NDArray[Any]]:
-        """The rows as the sketch takes them, numeric columns sorted.
-
-        A sketch counts every feature independently, so the order of a column's values does
-        not change it; binning sorted values (numpy's binary search reuses its last bounds
-        on sorted keys) takes about half the time of binning them in arrival order. A matrix
-        goes as it is: the sketch sorts its binned columns itself, all at once.
-        """
-        if isinstance(rows, np.ndarray):
-            return rows
-        return {
-            name: np.sort(column) if column.dtype == np.float64 else column
-            for name, column in rows.items()
-        }
 
     def close(self, now: float) -> Future[dict[str, Any] | None]:
         """End the window and start the next; the payload to write (None when empty) is

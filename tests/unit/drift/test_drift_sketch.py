@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import bisect
+import copy
 import json
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from unittest import mock
 
@@ -71,6 +76,11 @@ def test_update_accepts_a_2d_array_in_signature_order() -> None:
 def test_update_rejects_a_batch_missing_a_column() -> None:
     with pytest.raises(ValueError, match="lacks columns"):
         _sketch({"x": np.zeros(2), "c": np.array(["a", "b"])})
+
+
+def test_update_rejects_a_numeric_column_with_more_than_one_number_per_row() -> None:
+    with pytest.raises(ValueError, match="one number per row"):
+        _sketch({"x": np.zeros((2, 2)), "d": np.zeros(2), "c": np.array(["a", "b"])})
 
 
 def test_unseen_category_is_counted_by_name() -> None:
@@ -209,16 +219,10 @@ _NUMERIC = pd.DataFrame(
 NUMERIC_PROFILE = build_profile(_NUMERIC, bins=50)
 
 
-def _by_columns(rows: np.ndarray) -> Sketch:
-    sketch = Sketch.empty(NUMERIC_PROFILE)
-    sketch.update({name: rows[:, j] for j, name in enumerate(_NUMERIC.columns)})
-    return sketch
-
-
 @pytest.mark.parametrize(
     "case", ["reference rows", "values on the edges", "far outside", "with NaN and inf", "none"]
 )
-def test_a_matrix_counts_all_binned_features_at_once_as_column_by_column(case: str) -> None:
+def test_a_matrix_counts_as_the_reference_implementation(case: str) -> None:
     rows = _NUMERIC.to_numpy()[:500].copy()
     if case == "values on the edges":
         for j, name in enumerate(_NUMERIC.columns):
@@ -226,21 +230,31 @@ def test_a_matrix_counts_all_binned_features_at_once_as_column_by_column(case: s
             rows[: edges.size, j] = edges[: len(rows)]
     elif case == "far outside":
         rows[::3] *= 1e6
-    elif case == "with NaN and inf":  # the packed path declines; the batch is still counted
-        rows[3, 0], rows[7, 1], rows[9, 3] = np.nan, np.inf, -np.inf
+    elif case == "with NaN and inf":
+        rows[3, 0], rows[7, 1], rows[9, 3], rows[11, 2] = np.nan, np.inf, -np.inf, np.nan
     elif case == "none":
         rows = rows[:0]
-    packed = Sketch.empty(NUMERIC_PROFILE)
-    features = packed.features
-    assert features["a"].counts.base is features["e"].counts.base is not None  # one buffer
-    assert features["k"].counts.base is None  # the exact feature is counted on its own
-    packed.update(rows)
-    expected = _by_columns(rows)
-    _assert_same(packed, expected)
-    # The packed arrays are the features' own: a merge or a JSON round trip sees the counts.
-    assert sum(int(f.counts.sum()) + f.missing for f in packed.features.values()) == 4 * len(rows)
-    assert packed.to_dict() == expected.to_dict()
-    _assert_same(packed.merge(packed), expected.merge(expected))
+    sketch = Sketch.empty(NUMERIC_PROFILE)
+    sketch.update(rows)
+    _assert_counts(sketch, reference_counts(NUMERIC_PROFILE, [_named(rows, _NUMERIC.columns)]))
+
+
+def test_a_merge_sees_what_update_counted() -> None:
+    # The features' arrays share buffers with the counting code; merge reads the arrays.
+    rows = _NUMERIC.to_numpy()[:300]
+    sketch = Sketch.empty(NUMERIC_PROFILE)
+    sketch.update(rows)
+    merged = Sketch.empty(NUMERIC_PROFILE).merge(sketch)
+    _assert_counts(merged, reference_counts(NUMERIC_PROFILE, [_named(rows, _NUMERIC.columns)]))
+
+
+def test_a_copy_counts_apart_from_its_original() -> None:
+    sketch = Sketch.empty(PROFILE)
+    sketch.update(_batch([0.1], [1.0], ["a"]))
+    twin = copy.deepcopy(sketch)
+    twin.update(_batch([0.2, 0.3], [2.0, 2.0], ["b", "b"]))
+    assert sketch.n_rows == 1 and sum(int(f.counts.sum()) for f in sketch.features.values()) == 3
+    assert twin.n_rows == 3 and sum(int(f.counts.sum()) for f in twin.features.values()) == 9
 
 
 def test_a_matrix_of_binned_features_only_counts_its_rows() -> None:
@@ -261,3 +275,149 @@ def test_classes_never_predicted_are_not_unseen_values() -> None:
     predictions = sketch.predictions
     assert predictions is not None
     assert predictions.counts.tolist() == [3, 1] and predictions.unseen == {"z": 2}
+
+
+# A slow, obviously right implementation of the counting rules (module docstring of
+# modelops.drift.sketch), one value at a time, to hold the vectorized paths to.
+
+
+def reference_counts(
+    profile: dict[str, Any], batches: Iterable[Mapping[str, Sequence[Any]]]
+) -> dict[str, dict[str, Any]]:
+    """Per feature: counts, offsets (numeric), hits (exact), missing, unseen, unseenOther."""
+    rows = list(batches)
+    out = {}
+    for name, feature in profile["features"].items():
+        values = [v for batch in rows for v in batch[name]]
+        if feature["kind"] == "categorical":
+            out[name] = _reference_labels(feature["categories"], values)
+        else:
+            out[name] = _reference_numbers(feature, values)
+    return out
+
+
+def _reference_labels(categories: list[str], values: list[Any]) -> dict[str, Any]:
+    counts, unseen, missing = [0] * len(categories), Counter[str](), 0
+    for v in values:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            missing += 1
+        elif str(v) in categories:
+            counts[categories.index(str(v))] += 1
+        else:
+            unseen[str(v)] += 1
+    return {"counts": counts, "missing": missing} | _capped_reference(unseen)
+
+
+def _reference_numbers(feature: dict[str, Any], values: list[Any]) -> dict[str, Any]:
+    edges = feature["edges"]
+    m = len(edges) + 1
+    counts, hits, missing = [0] * m, [0] * m, 0
+    offsets: list[list[float]] = [[] for _ in range(m)]
+    unseen = Counter[str]()
+    discrete = feature["exact"] and feature["unique"] <= sketch_module.DISCRETE_MAX
+    for v in values:
+        x = float(v)
+        if not math.isfinite(x):
+            missing += 1
+            continue
+        k = bisect.bisect_right(edges, x)  # x < e[0] | e[k-1] <= x < e[k] | x >= e[m-1]
+        counts[k] += 1
+        offsets[k].append(x - edges[max(k - 1, 0)])
+        if k > 0 and x == edges[k - 1]:
+            hits[k] += 1
+        elif discrete:
+            unseen[str(x)] += 1
+    entry: dict[str, Any] = {"counts": counts, "offsets": [math.fsum(o) for o in offsets]}
+    if feature["exact"]:
+        entry["hits"] = hits
+    return entry | {"missing": missing} | _capped_reference(unseen)
+
+
+def _capped_reference(unseen: Counter[str]) -> dict[str, Any]:
+    names = sorted(unseen)
+    cap = sketch_module.MAX_UNSEEN
+    return {
+        "unseen": {n: unseen[n] for n in names[:cap]},
+        "unseenOther": sum(unseen[n] for n in names[cap:]),
+    }
+
+
+def _assert_counts(sketch: Sketch, expected: dict[str, dict[str, Any]]) -> None:
+    assert sketch.features.keys() == expected.keys()
+    for name, want in expected.items():
+        got = sketch.features[name]
+        assert got.counts.tolist() == want["counts"], name
+        assert got.missing == want["missing"], name
+        assert (got.unseen, got.unseen_other) == (want["unseen"], want["unseenOther"]), name
+        assert (got.hits is None) == ("hits" not in want), name
+        if got.hits is not None:
+            assert got.hits.tolist() == want["hits"], name
+        assert (got.offsets is None) == ("offsets" not in want), name
+        if got.offsets is not None:
+            np.testing.assert_allclose(got.offsets, want["offsets"], rtol=1e-9, atol=1e-9)
+
+
+def _named(rows: np.ndarray, names: Iterable[str]) -> dict[str, list[Any]]:
+    return {name: rows[:, j].tolist() for j, name in enumerate(names)}
+
+
+_MIXED_REFERENCE = pd.DataFrame(
+    {
+        "c": _RNG.choice(["a", "b", "c"], 2000),
+        "x": _RNG.normal(0.0, 1.0, 2000),  # quantile bins
+        "yes": np.ones(2000, dtype=bool),  # categorical: "True" only, "False" is unseen
+        "k": _RNG.integers(0, 8, 2000).astype(float),  # exact, too many values to name new ones
+        "d": _RNG.integers(0, 3, 2000).astype(float),  # exact and discrete: new values named
+    }
+)
+MIXED_PROFILE = build_profile(_MIXED_REFERENCE, bins=20)
+_X_EDGES = MIXED_PROFILE["features"]["x"]["edges"]
+_SPECIAL = [np.nan, np.inf, -np.inf]
+_mixed_rows = st.fixed_dictionaries(
+    {
+        "c": st.sampled_from(["a", "b", "c", "p", "q", "r", "s", "1", None, np.nan, 1]),
+        "x": st.one_of(st.floats(-4.0, 4.0), st.sampled_from(_X_EDGES + _SPECIAL + [1e9, -1e9])),
+        "yes": st.booleans(),
+        "k": st.sampled_from([0.0, 3.0, 7.0, 2.5, 12.0, np.nan]),
+        "d": st.sampled_from([0.0, -0.0, 1.0, 2.0, 0.5, 9.0, -3.25, 1e20, *_SPECIAL]),
+    }
+)
+
+
+def _columns(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Columns as the server decodes them: float64 numbers, objects (or bools) for labels."""
+    columns: dict[str, np.ndarray] = {}
+    for name in MIXED_PROFILE["features"]:
+        values = [row[name] for row in rows]
+        kind = MIXED_PROFILE["features"][name]["kind"]
+        dtype = bool if name == "yes" else object if kind == "categorical" else np.float64
+        columns[name] = np.array(values, dtype=dtype)
+    return columns
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    batches=st.lists(st.lists(_mixed_rows, max_size=40), min_size=1, max_size=4),
+    as_matrix=st.booleans(),
+    lookup=st.booleans(),
+)
+def test_counts_equal_the_reference_implementation(
+    batches: list[list[dict[str, Any]]], as_matrix: bool, lookup: bool
+) -> None:
+    columns = [_columns(rows) for rows in batches]
+    names = list(MIXED_PROFILE["features"])
+    sketch = Sketch.empty(MIXED_PROFILE)
+    with (
+        mock.patch.object(sketch_module, "MAX_UNSEEN", 3),  # make the cap bite
+        mock.patch.object(sketch_module, "LOOKUP_MAX", 10_000 if lookup else 0),
+    ):
+        for batch in columns:
+            if as_matrix:  # one object matrix in signature order, as a mixed 2-D input
+                sketch.update(np.column_stack([batch[n].astype(object) for n in names]))
+            else:
+                sketch.update(batch)
+        expected = reference_counts(
+            MIXED_PROFILE, [{n: c.tolist() for n, c in b.items()} for b in columns]
+        )
+    _assert_counts(sketch, expected)
+    assert sketch.n_rows == sum(len(rows) for rows in batches)
