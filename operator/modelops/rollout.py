@@ -28,8 +28,13 @@ from modelops.drift.quality import Agreement, Comparison, QualityCounts, Task, c
 from modelops.resources.training import gate_failures
 
 HISTORY_LIMIT = 20
-ACTIONS = ("promote", "abort")
+ACTIONS = ("promote", "abort", "approve")
 """Values of the modelops.dev/action annotation."""
+AWAITING_APPROVAL = "AwaitingApproval"
+"""Progressing=True: the canary passed everything that would promote it and, with
+``canary.requireApproval``, waits for ``modelops.dev/action=approve``."""
+APPROVED = "Approved"
+"""The Event and history reason of a promotion by ``modelops.dev/action=approve``."""
 GUARD_UNKNOWN = "GuardUnknown"
 """Progressing=False: a guarding DriftMonitor cannot evaluate the canary, which is held."""
 PROMOTE_PENDING = "PromotePending"
@@ -79,7 +84,9 @@ class Facts:
     canary_requests: int = 0
     canary_errors: int = 0
     action: str | None = None
-    """``promote`` or ``abort`` from the modelops.dev/action annotation."""
+    """``promote``, ``abort`` or ``approve`` from the modelops.dev/action annotation."""
+    approved_by: str | None = None
+    """Who approved, from the modelops.dev/approved-by annotation (None: not named)."""
     canary_quality: QualityCounts | None = None
     """Labels joined for the canary over :func:`quality_window` (None: none)."""
     stable_quality: QualityCounts | None = None
@@ -128,6 +135,8 @@ class Event:
     warning: bool = False
     analysis: AnalysisStatus | None = None
     """The numbers a quality decision was taken on."""
+    approved_by: str | None = None
+    """``Approved``: the approver the modelops.dev/approved-by annotation named."""
 
 
 @dataclass(frozen=True)
@@ -138,10 +147,12 @@ class Plan:
     """Why nothing moved, when something is awaited (for the Progressing condition)."""
     reason: str = ""
     """The Progressing reason while waiting, when not the plain CanaryProgressing:
-    ``GUARD_UNKNOWN`` (held) or ``PROMOTE_PENDING``."""
+    ``GUARD_UNKNOWN`` or ``ANALYSIS_UNKNOWN`` (held), ``AWAITING_ANALYSIS``,
+    ``AWAITING_APPROVAL`` or ``PROMOTE_PENDING``."""
     consume_action: bool = False
     """Remove the modelops.dev/action annotation: the status this pass started from already
-    shows it obeyed (no canary in flight), or its value is not an action."""
+    shows it obeyed (no canary in flight), or it is ignored (Event ``ActionIgnored``): not an
+    action, ``approve`` of a canary not awaiting approval, ``promote`` of one requiring it."""
     analysis: AnalysisStatus | None = None
     """This pass's quality analysis of the canary, when one ran (for ``status.analysis``)."""
 
@@ -231,14 +242,44 @@ def plan(spec: DeploymentSpec, state: State, facts: Facts, now: float) -> Plan:
     nothing to act on): it is consumed and does nothing, so it cannot touch a canary that
     starts later. Consumed only then, an action outlives any pass that fails before its effect
     is in the status.
+
+    With ``canary.requireApproval`` only ``approve`` promotes, and only a canary awaiting
+    approval in this pass (:data:`AWAITING_APPROVAL`); ``promote`` is consumed and ignored,
+    as is ``approve`` at any other time (Event ``ActionIgnored`` for both).
     """
-    if facts.action is not None and (not state.canary_active or facts.action not in ACTIONS):
+    action = facts.action
+    if action is not None and (not state.canary_active or action not in ACTIONS):
         result = _plan(spec, state, dataclasses.replace(facts, action=None), now)
-        if facts.action not in ACTIONS:
-            why = f"modelops.dev/action={facts.action} ignored: not one of {', '.join(ACTIONS)}"
+        if action not in ACTIONS:
+            why = f"modelops.dev/action={action} ignored: not one of {', '.join(ACTIONS)}"
             result.events.append(Event("ActionIgnored", why, state.canary))
         return dataclasses.replace(result, consume_action=True)
-    return _plan(spec, state, facts, now)
+    if action == "promote" and spec.canary is not None and spec.canary.require_approval:
+        result = _plan(spec, state, dataclasses.replace(facts, action=None), now)
+        why = (
+            "modelops.dev/action=promote ignored: spec.canary.requireApproval is set, so only "
+            "modelops.dev/action=approve promotes, once the canary awaits approval"
+        )
+        result.events.append(Event("ActionIgnored", why, state.canary))
+        return dataclasses.replace(result, consume_action=True)
+    result = _plan(spec, state, facts, now)
+    approved = any(e.reason == APPROVED for e in result.events)
+    # Not obeyed while the canary stays in flight: it did not await approval. (Rolled back in
+    # this pass, the next pass consumes it as it does any action.)
+    if action == "approve" and not approved and result.state.canary_active:
+        return _approve_ignored(spec, result, state)
+    return result
+
+
+def _approve_ignored(spec: DeploymentSpec, result: Plan, state: State) -> Plan:
+    if spec.canary is None or not spec.canary.require_approval:
+        now_doing = "spec.canary.requireApproval is not set"
+    else:
+        doing = result.waiting or (result.events[-1].message if result.events else "")
+        now_doing = f"{state.canary} is not awaiting approval: {doing}"
+    why = f"modelops.dev/action=approve ignored: {now_doing}"
+    events = [*result.events, Event("ActionIgnored", why, state.canary)]
+    return dataclasses.replace(result, events=events, consume_action=True)
 
 
 def _plan(spec: DeploymentSpec, state: State, facts: Facts, now: float) -> Plan:
@@ -379,7 +420,8 @@ def _walk(spec: Canary, state: State, facts: Facts, now: float, events: list[Eve
         why = f"{canary} at {nxt.weight}% (step {step + 2}){passed}"
         events.append(Event("CanaryStep", why, canary, analysis=report))
         return Plan(state, events, analysis=report)
-    return _promote(state, events, f"{canary} passed {len(steps)} steps{passed}", analysis=report)
+    why = f"{canary} passed {len(steps)} steps{passed}"
+    return _promote_if_approved(spec, state, facts, events, why, analysis=report)
 
 
 def _abtest(spec: Canary, state: State, facts: Facts, now: float, events: list[Event]) -> Plan:
@@ -401,7 +443,9 @@ def _abtest(spec: Canary, state: State, facts: Facts, now: float, events: list[E
         return _end(state, events, "ABTestLost", why, analysis=report)
     if outcome.decision == "Passed" and not facts.unknown_guards:
         why = f"won the A/B test against {stable}: {outcome.text}"
-        return _promote(state, events, why, reason="ABTestWon", analysis=report)
+        return _promote_if_approved(
+            spec, state, facts, events, why, reason="ABTestWon", analysis=report
+        )
     if elapsed >= limit:
         report = _report("abtest", state, now, [outcome], "Inconclusive")
         why = f"no decision within {test.max_duration}, {stable} stays: {outcome.text}"
@@ -456,7 +500,7 @@ def _shadow(spec: Canary, state: State, facts: Facts, now: float, events: list[E
         held = dataclasses.replace(undecided, text=text)
         return _analysis_hold(state, events, where, held, report, "they decide")
     why = f"{state.canary} passed {shadow.duration} of shadowing: {text}"
-    return _promote(state, events, why, analysis=report)
+    return _promote_if_approved(spec, state, facts, events, why, analysis=report)
 
 
 def _guard_hold(
@@ -688,6 +732,33 @@ def _candidate(
     return None if named.name == state.stable else named.name
 
 
+def _promote_if_approved(
+    spec: Canary,
+    state: State,
+    facts: Facts,
+    events: list[Event],
+    why: str,
+    *,
+    reason: str = "Promoted",
+    analysis: AnalysisStatus | None = None,
+) -> Plan:
+    """Promote a canary that passed everything (``why``), unless ``requireApproval`` holds it
+    at its weight until ``approve``: then it is promoted as ``Approved``, naming the approver."""
+    if not spec.require_approval:
+        return _promote(state, events, why, reason=reason, analysis=analysis)
+    if facts.action == "approve":
+        who = facts.approved_by
+        by = f"approved by {who}" if who else "approved (the approver named no one)"
+        return _promote(
+            state, events, f"{by}: {why}", reason=APPROVED, analysis=analysis, approved_by=who
+        )
+    waiting = (
+        f"{state.canary} awaits approval ({why}): approve with `kubectl modelops approve`, or "
+        "annotate modelops.dev/action=approve (needs the approve verb on deployments.modelops.dev)"
+    )
+    return Plan(state, events, waiting, AWAITING_APPROVAL, analysis=analysis)
+
+
 def _promote(
     state: State,
     events: list[Event],
@@ -695,9 +766,11 @@ def _promote(
     *,
     reason: str = "Promoted",
     analysis: AnalysisStatus | None = None,
+    approved_by: str | None = None,
 ) -> Plan:
     canary = state.canary
-    events.append(Event(reason, f"{canary} promoted to stable: {why}", canary, analysis=analysis))
+    message = f"{canary} promoted to stable: {why}"
+    events.append(Event(reason, message, canary, analysis=analysis, approved_by=approved_by))
     return Plan(
         dataclasses.replace(
             state, phase="Promoted", stable=canary, canary=None, weight=None, step=None

@@ -278,6 +278,40 @@ NEEDS: tuple[Need, ...] = (
         ("create", "get"),
         (Call("controllers/driftmonitor.py", "_retrain", "create"),),
     ),
+    # --- MLflow sync (controllers/mlflow_sync.py; loaded only with MODELOPS_MLFLOW_TRACKING_URI)
+    # Its annotations (mlflow-run-id, mlflow-model-version) and its MlflowSynced condition, each
+    # written after a GET of the object as stored; the TrainingRun a ModelVersion came from and
+    # the ModelVersions a Deployment serves, read by name. No verb beyond the controllers' own.
+    Need(
+        "modelops.dev",
+        ("trainingruns", "modelversions"),
+        ("patch",),
+        (Call("controllers/mlflow_sync.py", "_annotate", "patch"),),
+    ),
+    Need(
+        "modelops.dev",
+        ("trainingruns/status", "modelversions/status"),
+        ("patch",),
+        (Call("controllers/mlflow_sync.py", "_condition", "patch"),),
+    ),
+    Need(
+        "modelops.dev",
+        ("trainingruns", "modelversions"),
+        ("get",),
+        (Call("controllers/mlflow_sync.py", "_condition", "get"),),
+    ),
+    Need(
+        "modelops.dev",
+        ("trainingruns",),
+        ("get",),
+        (Call("controllers/mlflow_sync.py", "_training_run_id", "get"),),
+    ),
+    Need(
+        "modelops.dev",
+        ("modelversions",),
+        ("get",),
+        (Call("controllers/mlflow_sync.py", "_sync_aliases", "get"),),
+    ),
     # --- Leader election (controllers/leader.py, a Role in modelops-system) --------------------
     # The Lease is read, then renewed or taken by a PUT with its resourceVersion (verb update),
     # by its name: MODELOPS_LEADER_ELECTION_ID's default.
@@ -448,14 +482,14 @@ def test_operator_roles_are_bound_to_its_service_account_cluster_wide() -> None:
 
 def test_user_roles_grant_only_our_kinds_and_view_only_reads() -> None:
     docs = {d["metadata"]["name"]: d for d in rendered("base") if d["kind"] == "ClusterRole"}
-    for name in ("modelops-edit", "modelops-view"):
+    for name in ("modelops-editor", "modelops-viewer"):
         for rule in docs[name]["rules"]:
             assert rule["apiGroups"] == ["modelops.dev"]
             assert set(rule["resources"]) == set(KINDS)
-    assert {v for r in docs["modelops-view"]["rules"] for v in r["verbs"]} == {
+    assert {v for r in docs["modelops-viewer"]["rules"] for v in r["verbs"]} == {
         "get",
         "list",
         "watch",
     }
-    labels = docs["modelops-edit"]["metadata"]["labels"]
+    labels = docs["modelops-editor"]["metadata"]["labels"]
     assert labels["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"

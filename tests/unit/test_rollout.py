@@ -13,6 +13,7 @@ from modelops.drift.quality import Agreement, QualityCounts
 from modelops.rollout import (
     ANALYSIS_UNKNOWN,
     AWAITING_ANALYSIS,
+    AWAITING_APPROVAL,
     GUARD_UNKNOWN,
     PROMOTE_PENDING,
     Facts,
@@ -684,3 +685,147 @@ def test_analysis_report_leaves_out_numbers_that_do_not_exist_yet() -> None:
     assert report is not None and report.decision == "Undecided"
     assert report.canary_labels == 0
     assert [report.canary_value, report.z, report.p_worse, report.p_not_worse] == [None] * 4
+
+
+# --- approvals: canary.requireApproval and modelops.dev/action=approve (issue 14, part 5) ------
+
+
+def approval(**canary: Any) -> DeploymentSpec:
+    steps = [{"weight": 10, "pause": "30s"}, {"weight": 50, "pause": "1m"}]
+    return spec(canary={"version": "latest", "steps": steps, "requireApproval": True} | canary)
+
+
+def requiring_approval(s: DeploymentSpec) -> DeploymentSpec:
+    assert s.canary is not None
+    return s.model_copy(update={"canary": s.canary.model_copy(update={"require_approval": True})})
+
+
+DONE = 160
+"""The last step (started at 100) has paused for its minute."""
+
+
+def approve(**changes: Any) -> Facts:
+    given: dict[str, Any] = {"canary_loaded": True, "action": "approve", "approved_by": "alice"}
+    return facts(V1, V2, **(given | changes))
+
+
+def test_canary_requiring_approval_holds_at_its_last_weight_after_the_last_step() -> None:
+    result = run(progressing_at_step(1), facts(V1, V2, canary_loaded=True), DONE + 600, approval())
+    assert result.state == progressing_at_step(1) and result.events == []
+    assert result.reason == AWAITING_APPROVAL
+    assert result.routes() == [("iris-v1", "stable", 50), ("iris-v2", "canary", 50)]
+    assert result.waiting.startswith("iris-v2 awaits approval (iris-v2 passed 2 steps)")
+    assert "kubectl modelops approve" in result.waiting
+
+
+def test_canary_requiring_approval_walks_its_steps_as_any_other() -> None:
+    result = run(progressing_at_step(0), facts(V1, V2, canary_loaded=True), 130, approval())
+    assert (result.state.step, result.state.weight) == (1, 50)
+    assert [e.reason for e in result.events] == ["CanaryStep"]
+
+
+def test_approve_promotes_a_canary_awaiting_approval_and_names_the_approver() -> None:
+    result = run(progressing_at_step(1), approve(), DONE, approval())
+    assert (result.state.phase, result.state.stable, result.state.canary) == (
+        "Promoted",
+        "iris-v2",
+        None,
+    )
+    [event] = result.events
+    assert (event.reason, event.version, event.approved_by) == ("Approved", "iris-v2", "alice")
+    assert event.message == "iris-v2 promoted to stable: approved by alice: iris-v2 passed 2 steps"
+
+
+def test_approval_naming_no_one_promotes_and_says_so() -> None:
+    result = run(progressing_at_step(1), approve(approved_by=None), DONE, approval())
+    [event] = result.events
+    assert event.reason == "Approved" and event.approved_by is None
+    assert "approved (the approver named no one)" in event.message
+
+
+def test_approve_that_promoted_is_consumed_by_the_next_pass_only() -> None:
+    promoted = run(progressing_at_step(1), approve(), DONE, approval())
+    assert not promoted.consume_action
+    again = run(promoted.state, approve(), DONE + 1, approval())
+    assert again.consume_action and again.events == [] and again.state == promoted.state
+
+
+@pytest.mark.parametrize("step,now", [(0, 101), (1, DONE - 1)])
+def test_approve_before_the_canary_awaits_approval_is_consumed_and_ignored(
+    step: int, now: float
+) -> None:
+    result = run(progressing_at_step(step), approve(), now, approval())
+    assert result.state == progressing_at_step(step) and result.consume_action
+    [event] = result.events
+    assert event.reason == "ActionIgnored"
+    assert event.message.startswith(
+        "modelops.dev/action=approve ignored: iris-v2 is not awaiting approval: step"
+    )
+
+
+def test_approve_without_require_approval_is_consumed_and_ignored() -> None:
+    result = run(progressing_at_step(1), approve(), DONE - 1)
+    assert result.state == progressing_at_step(1) and result.consume_action
+    assert [(e.reason, e.message) for e in result.events] == [
+        (
+            "ActionIgnored",
+            "modelops.dev/action=approve ignored: spec.canary.requireApproval is not set",
+        )
+    ]
+
+
+@pytest.mark.parametrize("step,now", [(0, 101), (1, DONE)])
+def test_promote_is_refused_when_approval_is_required(step: int, now: float) -> None:
+    f = facts(V1, V2, canary_loaded=True, action="promote")
+    result = run(progressing_at_step(step), f, now, approval())
+    assert result.state.phase == "Progressing" and result.state.canary == "iris-v2"
+    assert result.consume_action
+    ignored = [e for e in result.events if e.reason == "ActionIgnored"]
+    assert len(ignored) == 1 and "spec.canary.requireApproval is set" in ignored[0].message
+
+
+def test_abort_rolls_back_a_canary_awaiting_approval() -> None:
+    f = facts(V1, V2, canary_loaded=True, action="abort")
+    result = run(progressing_at_step(1), f, DONE, approval())
+    assert (result.state.phase, result.state.rejected) == ("RolledBack", ("iris-v2",))
+    assert result.events[-1].reason == "ManualAbort"
+
+
+def test_firing_guard_rolls_back_a_canary_awaiting_approval() -> None:
+    f = facts(V1, V2, canary_loaded=True, firing_monitors=[("iris-drift", "share 0.75")])
+    result = run(progressing_at_step(1), f, DONE, approval())
+    assert result.state.phase == "RolledBack" and result.events[-1].reason == "DriftDetected"
+
+
+def test_error_rate_rolls_back_a_canary_awaiting_approval_even_as_it_is_approved() -> None:
+    result = run(progressing_at_step(1), approve(canary_requests=100, canary_errors=50), DONE,
+                 approval())  # fmt: skip
+    assert result.state.phase == "RolledBack" and result.events[-1].reason == "ErrorRateExceeded"
+
+
+def test_guard_that_cannot_evaluate_holds_the_canary_before_it_awaits_approval() -> None:
+    f = facts(V1, V2, canary_loaded=True, unknown_guards=BROKEN)
+    result = run(progressing_at_step(1), f, DONE, approval())
+    assert result.state == progressing_at_step(1) and result.reason == GUARD_UNKNOWN
+
+
+def test_approval_waits_for_the_quality_analysis_to_pass_first() -> None:
+    result = run(progressing_at_step(1), cfacts(**FEW), DONE, approval(analysis={"margin": 0.05}))
+    assert result.reason == AWAITING_ANALYSIS
+    passed = run(progressing_at_step(1), cfacts(**GOOD), DONE, approval(analysis={"margin": 0.05}))
+    assert passed.reason == AWAITING_APPROVAL and passed.state == progressing_at_step(1)
+
+
+def test_abtest_winner_awaits_approval_at_its_split_then_is_approved() -> None:
+    s = requiring_approval(abtest())
+    won = run(in_abtest(), cfacts(**BETTER), 200, s)
+    assert won.state == in_abtest() and won.reason == AWAITING_APPROVAL
+    assert "won the A/B test against iris-v1" in won.waiting
+    approved = run(in_abtest(), cfacts(action="approve", approved_by="bob", **BETTER), 201, s)
+    assert (approved.state.phase, approved.events[-1].reason) == ("Promoted", "Approved")
+
+
+def test_shadow_that_passed_its_gates_awaits_approval() -> None:
+    s = requiring_approval(shadow(minAgreement=0.95))
+    result = run(shadowing(), cfacts(agreement=Agreement(compared=500, agreed=490)), AFTER, s)
+    assert result.state == shadowing() and result.reason == AWAITING_APPROVAL

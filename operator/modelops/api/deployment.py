@@ -154,6 +154,12 @@ class Canary(Model):
     """Require the canary to be shown not worse than stable on live quality."""
     abtest: ABTest | None = None
     shadow: Shadow | None = None
+    require_approval: bool = False
+    """Hold the canary where it would be promoted (after the last step's pause, a won A/B
+    test, passed shadow gates; every analysis passed) until ``modelops.dev/action=approve``;
+    ``promote`` is then ignored. Who may approve: the ``approve`` verb on
+    ``deployments.modelops.dev`` (ClusterRole ``modelops-approver``), enforced by the
+    ValidatingAdmissionPolicy ``modelops-approvals``."""
 
     @model_validator(mode="after")
     def _combinations(self) -> Canary:
@@ -299,6 +305,10 @@ class HistoryEntry(Model):
     message: str = ""
     analysis: AnalysisStatus | None = None
     """The numbers a quality decision was taken on."""
+    approved_by: str | None = None
+    """``Approved`` entries: the user named by the ``modelops.dev/approved-by`` annotation set
+    with the approval (the admission policy checks it is the user who set it); absent when the
+    approval named no one (the API server's audit log then says who set the annotation)."""
 
 
 class DeploymentStatus(Model):

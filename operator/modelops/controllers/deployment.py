@@ -23,6 +23,7 @@ from modelops.controllers.windows import merged_quality
 from modelops.drift.quality import Agreement, QualityCounts
 from modelops.resources import autoscaling, serving
 from modelops.rollout import (
+    AWAITING_APPROVAL,
     HELD_REASONS,
     HISTORY_LIMIT,
     Event,
@@ -38,6 +39,9 @@ from modelops.serving.table import TRANSIENT_REASON
 from modelops.storage import Location
 
 ACTION_ANNOTATION = f"{GROUP}/action"
+APPROVED_BY_ANNOTATION = f"{GROUP}/approved-by"
+"""Who set ``action=approve``; the ValidatingAdmissionPolicy ``modelops-approvals`` only lets
+a user with the approve verb set it, to their own name."""
 REPORT_FRESH_SECONDS = 30.0
 """A serving pod's report older than this is ignored (the pod is gone or stuck)."""
 
@@ -84,6 +88,7 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) ->
     state = State.from_status(current, parse_time)
 
     # 2: the facts the rollout depends on
+    annotations = body.get("metadata", {}).get("annotations") or {}
     specs = await _version_specs(namespace, dep.spec.model)
     # Only about the canary in flight: a rolled-back one's reports and monitors must not
     # speak for the next canary the plan may start in this same pass.
@@ -100,7 +105,8 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) ->
         firing_monitors=guards.firing,
         underperforming_monitors=guards.underperforming,
         unknown_guards=guards.unknown,
-        action=body.get("metadata", {}).get("annotations", {}).get(ACTION_ANNOTATION),
+        action=annotations.get(ACTION_ANNOTATION),
+        approved_by=annotations.get(APPROVED_BY_ANNOTATION) or None,
         canary_quality=quality.canary,
         stable_quality=quality.stable,
         agreement=quality.agreement,
@@ -155,7 +161,10 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) ->
     # 6: an action is removed only once the status this pass started from shows it obeyed
     # (rollout.plan): a pass that fails before its status is written cannot lose it
     if result.consume_action:
-        patch.metadata.setdefault("annotations", {})[ACTION_ANNOTATION] = None
+        consumed = patch.metadata.setdefault("annotations", {})
+        consumed[ACTION_ANNOTATION] = None
+        if APPROVED_BY_ANNOTATION in annotations:  # a name goes with the action it came with
+            consumed[APPROVED_BY_ANNOTATION] = None
 
 
 def _record(status: StatusWriter, current: dict[str, Any], event: Event) -> None:
@@ -168,6 +177,7 @@ def _record(status: StatusWriter, current: dict[str, Any], event: Event) -> None
             "reason": event.reason,
             "message": event.message,
             **({"analysis": event.analysis.wire()} if event.analysis else {}),
+            **({"approvedBy": event.approved_by} if event.approved_by else {}),
         }
     )
     status.set(history=history[-HISTORY_LIMIT:])
@@ -198,7 +208,9 @@ def _conditions(status: StatusWriter, dep: Deployment, result: Plan, ready: int 
             kopf.warn(status.body, reason=result.reason, message=waiting)
     elif phase == "Progressing":
         reason = result.reason or "CanaryProgressing"
-        status.condition("Progressing", "True", reason, waiting, event=False)
+        # an Event once it starts awaiting approval: approvers watch Events, not conditions
+        awaiting = reason == AWAITING_APPROVAL
+        status.condition("Progressing", "True", reason, waiting, event=awaiting)
     else:
         status.condition("Progressing", "False", phase, "", event=False)
     if phase == "RolledBack":

@@ -1,16 +1,20 @@
-"""``kubectl modelops``: look at a rollout, steer it, and read a drift report.
+"""``kubectl modelops``: look at a rollout, steer it, read a drift report or a model card.
 
 Installed as the console script ``kubectl-modelops``, so kubectl runs it as a plugin
-(``kubectl modelops status iris``); ``modelops report`` is the same ``report`` command. It
-talks only to the Kubernetes API, with the user's kubeconfig and RBAC (see
-:mod:`modelops.insight.kubeconfig`), and — for ``report`` and ``retrain`` of a dataset prefix
-— to the object store, with ``MODELOPS_S3_ENDPOINT``, ``AWS_ACCESS_KEY_ID``,
-``AWS_SECRET_ACCESS_KEY`` (optional ``MODELOPS_S3_SECURE``, ``MODELOPS_BUCKET``).
+(``kubectl modelops status iris``); ``modelops report``, ``modelops card`` and
+``modelops reproduce`` are the same commands. It talks only to the Kubernetes API, with the
+user's kubeconfig and RBAC (see :mod:`modelops.insight.kubeconfig`), and — for ``report``,
+``card``, ``reproduce`` and ``retrain`` of a dataset prefix — to the object store, with
+``MODELOPS_S3_ENDPOINT``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` (optional
+``MODELOPS_S3_SECURE``, ``MODELOPS_BUCKET``).
 
 What each command needs from RBAC, in the Deployment's namespace: ``get``/``status``: get
 deployments and modelversions, list pods and driftmonitors; ``promote``/``abort``/``approve``:
-get and patch deployments.modelops.dev; ``retrain``: get driftmonitors, create trainingruns;
-``report``: get driftmonitors, modelversions (and deployments when the monitor never ran).
+get and patch deployments.modelops.dev (``approve`` also the verb ``approve``, checked by the
+admission policy ``modelops-approvals``); ``retrain``: get driftmonitors, create trainingruns;
+``report``: get driftmonitors, modelversions (and deployments when the monitor never ran);
+``card``: get modelversions, list deployments and driftmonitors; ``reproduce``: get
+modelversions, create and get trainingruns.
 
 Errors a user can fix (an unknown object, a missing kubeconfig, a store that does not answer,
 a refused request) print one line on stderr, ``error: ...``, and exit 1; usage errors exit 2.
@@ -44,6 +48,7 @@ from modelops.insight.tree import Snapshot, build_tree, render_text
 from modelops.storage import ArtifactError, ArtifactStore, Location
 
 ACTION_ANNOTATION = f"{GROUP}/action"
+APPROVED_BY_ANNOTATION = f"{GROUP}/approved-by"
 """What the Deployment controller obeys (``rollout.ACTIONS``); removed once obeyed."""
 TRIGGER = f"{GROUP}/trigger"
 MANUAL_TRIGGER = "manual"
@@ -65,14 +70,16 @@ PLAIN_WIDTH = 160
 """Columns of the tree when stdout is not a terminal (pipes, logs, tests)."""
 
 EPILOG = """\
-not here yet: `card` (model cards are a later part of issue 14, so there is no command for
-them). `approve` needs an operator with approvals; one without them ignores the annotation
-(Event ActionIgnored).
+`approve` promotes a canary awaiting approval (spec.canary.requireApproval); it needs the
+approve verb on deployments.modelops.dev (ClusterRole modelops-approver) and records you as
+the approver (annotation modelops.dev/approved-by).
 
 examples:
   kubectl modelops status iris -n shop --watch
   kubectl modelops promote iris -n shop
   kubectl modelops report dm/iris-drift -n shop -o report.html --window 30m
+  kubectl modelops card mv/iris-v2 -n shop --open
+  kubectl modelops reproduce mv/iris-v2 -n shop --wait
 """
 
 
@@ -112,8 +119,8 @@ def build_parser(prog: str = "kubectl modelops") -> argparse.ArgumentParser:
         ("abort", "roll the canary back now (it is marked rejected)"),
         (
             "approve",
-            "approve a canary waiting for approval (modelops.dev/action=approve); needs an "
-            "operator that supports approvals, others ignore it",
+            "approve a canary awaiting approval (modelops.dev/action=approve, with you as "
+            "modelops.dev/approved-by); needs the approve verb (ClusterRole modelops-approver)",
         ),
     ):
         cmd = sub.add_parser(action, parents=[common], help=text)
@@ -130,7 +137,22 @@ def build_parser(prog: str = "kubectl modelops") -> argparse.ArgumentParser:
     )
     retrain.set_defaults(run=_retrain)
     add_report_arguments(sub.add_parser("report", parents=[common], help=REPORT_HELP))
+    card = sub.add_parser("card", parents=[common], help=CARD_HELP)
+    card.add_argument("name", metavar="NAME", help="ModelVersion (NAME or mv/NAME)")
+    card.add_argument(
+        "-o", "--output", help="file to write, HTML or .json (default model-card-NAME.html)"
+    )
+    card.add_argument("--open", action="store_true", help="open it in the web browser")
+    card.set_defaults(run=_card)
+    from modelops.insight import reproduce  # it imports this module
+
+    again = sub.add_parser("reproduce", parents=[common], help=reproduce.HELP)
+    reproduce.add_arguments(again)
+    again.set_defaults(run=reproduce.reproduce)
     return parser
+
+
+CARD_HELP = "write a ModelVersion's model card (with its rollout and drift history)"
 
 
 REPORT_HELP = "write a DriftMonitor's drift report: one self-contained HTML file"
@@ -280,8 +302,6 @@ async def _watch_live(session: Session, name: str, args: argparse.Namespace) -> 
 
 
 async def _action(session: Session, args: argparse.Namespace) -> int:
-    from modelops.rollout import ACTIONS
-
     name = object_name(args.name, DEPLOYMENT_KINDS, "Deployment")
     dep = await session.get("Deployment", name)
     status = dep.get("status") or {}
@@ -291,17 +311,27 @@ async def _action(session: Session, args: argparse.Namespace) -> int:
             f"Deployment {name} has no canary in flight (phase {status.get('phase') or 'Pending'})"
             f": nothing to {args.action}"
         )
-    patch = {"metadata": {"annotations": {ACTION_ANNOTATION: args.action}}}
+    annotations = {ACTION_ANNOTATION: args.action}
+    if args.action == "approve":
+        annotations[APPROVED_BY_ANNOTATION] = await _username(session)
+    patch = {"metadata": {"annotations": annotations}}
     await session.cluster.patch(API_VERSION, "Deployment", session.namespace, name, patch)
-    annotated = f"{ACTION_ANNOTATION}={args.action}"
+    annotated = " ".join(f"{k}={v}" for k, v in annotations.items())
     print(f"deployment.modelops.dev/{name} annotated {annotated} (canary {canary})")
-    if args.action not in ACTIONS:
-        print(
-            f"note: this modelops release knows the actions {', '.join(ACTIONS)}; an operator"
-            f" without {args.action} ignores it (Event ActionIgnored)",
-            file=sys.stderr,
-        )
     return 0
+
+
+async def _username(session: Session) -> str:
+    """The user the API server authenticates us as (a SelfSubjectReview, which every
+    authenticated user may create): what the admission policy lets ``approved-by`` name."""
+    review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+    answer = await session.cluster.request(
+        "POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", json=review
+    )
+    name = ((answer.get("status") or {}).get("userInfo") or {}).get("username")
+    if not name:
+        raise UserError("the Kubernetes API did not say who you are (SelfSubjectReview)")
+    return str(name)
 
 
 async def _retrain(session: Session, args: argparse.Namespace) -> int:
@@ -440,3 +470,50 @@ def target_version(spec: DriftMonitorSpec, status: Mapping[str, Any]) -> str | N
         return status.get("canaryVersion") if live else None
     stable = status.get("stableVersion")
     return str(stable) if stable else None
+
+
+async def _card(session: Session, args: argparse.Namespace) -> int:
+    from modelops.insight.card import card_document, render_html
+    from modelops.insight.reproduce import VERSION_KINDS
+
+    name = object_name(args.name, VERSION_KINDS, "ModelVersion")
+    mv = await session.get("ModelVersion", name)
+    spec = mv.get("spec") or {}
+    ns = session.namespace
+    deployments, monitors = await asyncio.gather(
+        session.cluster.list(API_VERSION, "Deployment", ns, {}),
+        session.cluster.list(API_VERSION, "DriftMonitor", ns, {}),
+    )
+    mine = [d for d in deployments if (d.get("spec") or {}).get("model") == spec.get("model")]
+    profile, problem = None, None
+    if ref := spec.get("profile"):
+        try:
+            data = await asyncio.to_thread(
+                store_from_env().get_verified, Location.parse(ref["uri"]), ref["sha256"]
+            )
+            profile = json.loads(data)
+        except ArtifactError as exc:
+            problem = f"reference profile unavailable: {exc}"
+        except (S3Error, HTTPError, OSError) as exc:
+            raise UserError(store_problem(exc)) from None
+    try:
+        card = card_document(
+            mv, profile, profile_problem=problem, deployments=mine, monitors=monitors
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"ModelVersion {name}: cannot draw its card: {exc}") from None
+    out = Path(args.output or f"model-card-{name}.html")
+    text = json.dumps(card, indent=2) if out.suffix == ".json" else render_html(card)
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot write {out}: {exc}") from None
+    print(
+        f"wrote {out}: {name}, {len(card['rollout'])} rollout entries, "
+        f"{len(card['drift'])} DriftMonitor verdicts"
+    )
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(out.resolve().as_uri())
+    return 0
