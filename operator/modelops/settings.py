@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import socket
+import string
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -42,3 +43,26 @@ class Settings(BaseSettings):
         default_factory=socket.gethostname, validation_alias=AliasChoices("POD_NAME", "HOSTNAME")
     )
     """The pod's name (downward API ``POD_NAME``): the Lease holder's identity, plus a suffix."""
+    mlflow_tracking_uri: str = ""
+    """MLflow tracking server (``http(s)://host:port``) that TrainingRuns, ModelVersions and
+    Deployments' aliases are synced to (controllers/mlflow_sync.py); empty: no sync, the
+    default. Needs the ``mlflow`` extra (the ``mlflow-skinny`` client)."""
+    mlflow_name: str = "{model}"
+    """Name of a model's MLflow experiment and registered model: ``{model}`` and ``{namespace}``
+    are replaced. ``{namespace}.{model}`` keeps namespaces with models of the same name apart."""
+    mlflow_poll_seconds: float = Field(default=5.0, gt=0)
+    """How often the MLflow sync looks at unsynced objects and at Deployments' versions."""
+    mlflow_max_artifact_bytes: int = Field(default=100 * 2**20, ge=0)
+    """Models up to this size (bytes) are uploaded to their MLflow run; a larger one is only
+    referenced by its ``s3://`` URI (a run tag, and the registered version's source)."""
+
+    @field_validator("mlflow_name")
+    @classmethod
+    def _mlflow_name_fields(cls, template: str) -> str:
+        # MLflow refuses '/' and ':' in registered model names (mlflow/utils/validation.py).
+        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+        if not template or fields - {"model", "namespace"} or "model" not in fields:
+            raise ValueError("must name {model} and may name {namespace}, nothing else")
+        if "/" in template or ":" in template:
+            raise ValueError("must not contain '/' or ':' (MLflow refuses them in model names)")
+        return template

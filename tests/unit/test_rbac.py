@@ -131,7 +131,7 @@ NEEDS: tuple[Need, ...] = (
         "modelops.dev",
         ("driftmonitors/finalizers",),
         ("update",),
-        (Code("controllers/driftmonitor.py", "kopf.adopt(run, owner=body)"),),
+        (Code("controllers/triggers.py", "kopf.adopt(run, owner=body)"),),
     ),
     Need(
         "",
@@ -140,7 +140,9 @@ NEEDS: tuple[Need, ...] = (
         (
             Code("controllers/status.py", "kopf.warn(self.body, reason=reason, message=message)"),
             Code("controllers/deployment.py", "kopf.info(status.body, reason=event.reason"),
-            Code("controllers/driftmonitor.py", 'kopf.info(body, reason="RetrainStarted"'),
+            Code("controllers/triggers.py", 'kopf.info(body, reason="RetrainStarted"'),
+            Code("controllers/driftmonitor.py", "kopf.warn(status.body, reason=DETECTED_EVENT"),
+            Code("controllers/driftmonitor.py", "kopf.info(status.body, reason=RECOVERED_EVENT"),
             Code("kopf/_cogs/structs/references.py", "EVENTS = Selector('v1', 'events')"),
         ),
     ),
@@ -264,19 +266,19 @@ NEEDS: tuple[Need, ...] = (
         "modelops.dev",
         ("deployments",),
         ("get",),
-        (Call("controllers/driftmonitor.py", "_target_version", "get"),),
+        (Call("controllers/driftmonitor.py", "_deployment_status", "get"),),
     ),
     Need(
         "modelops.dev",
         ("modelversions",),
         ("get",),
-        (Call("controllers/driftmonitor.py", "_profile", "get"),),
+        (Call("controllers/driftmonitor.py", "_reconcile", "get"),),
     ),
     Need(
         "modelops.dev",
         ("trainingruns",),
         ("create", "get"),
-        (Call("controllers/driftmonitor.py", "_retrain", "create"),),
+        (Call("controllers/triggers.py", "_start", "create"),),
     ),
     # --- MLflow sync (controllers/mlflow_sync.py; loaded only with MODELOPS_MLFLOW_TRACKING_URI)
     # Its annotations (mlflow-run-id, mlflow-model-version) and its MlflowSynced condition, each

@@ -1,6 +1,7 @@
 -- Argo CD health of modelops.dev/DriftMonitor
 -- (argocd-cm key resource.customizations.health.modelops.dev_DriftMonitor).
 --   condition Drifted=True                                       -> Degraded
+--   condition Underperforming=True (live quality rule fired)     -> Degraded
 --   a monitor that cannot work (invalid spec, reference profile
 --   missing or failing its sha256)                               -> Degraded
 --   no drift (phase Healthy)                                     -> Healthy
@@ -51,7 +52,11 @@ if obj.metadata.generation ~= nil and status.observedGeneration ~= obj.metadata.
   return hs
 end
 
-if (drifted ~= nil and drifted.status == "True") or status.phase == "Drifted" then
+local under = condition(status, "Underperforming")
+if (under ~= nil and under.status == "True") or status.phase == "Underperforming" then
+  hs.status = "Degraded"
+  hs.message = "Underperforming: " .. text(status.message)
+elseif (drifted ~= nil and drifted.status == "True") or status.phase == "Drifted" then
   hs.status = "Degraded"
   hs.message = "Drift: " .. text(status.message)
 elseif status.phase == "Healthy" then

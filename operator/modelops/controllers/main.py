@@ -88,12 +88,15 @@ async def close(**_: Any) -> None:
 
 
 def run_operator(*, verbose: bool = False) -> int:
+    # Importing a controller registers its handlers.
     import modelops.controllers.deployment
     import modelops.controllers.driftmonitor
     import modelops.controllers.modelversion
-    import modelops.controllers.trainingrun  # noqa: F401 - registers the handlers
+    import modelops.controllers.trainingrun
 
     config = get_settings()
+    if config.mlflow_tracking_uri:  # off by default: without a URI, no MLflow handler exists
+        import modelops.controllers.mlflow_sync  # noqa: F401
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

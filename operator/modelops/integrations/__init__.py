@@ -1,0 +1,1 @@
+"""Other tools the operator's objects are mirrored to (optional, off by default): MLflow."""
