@@ -1,4 +1,4 @@
-"""``python -m modelops``: run | train | serve | crds | local | report."""
+"""``python -m modelops``: run | train | serve | crds | local | report | card | reproduce."""
 
 from __future__ import annotations
 
@@ -33,6 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "report", help="write a DriftMonitor's drift report as one HTML file (see report -h)"
     )
+    sub.add_parser("card", help="write a ModelVersion's model card (see card -h)")
+    sub.add_parser(
+        "reproduce", help="train a ModelVersion again and compare predictions (see reproduce -h)"
+    )
     return parser
 
 
@@ -43,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         from modelops.serving.app import main as serve_main
 
         return serve_main(argv[1:])
-    if argv[:1] == ["report"]:
-        # The same command as `kubectl modelops report`.
+    if argv[:1] in (["report"], ["card"], ["reproduce"]):
+        # The same commands as `kubectl modelops report|card|reproduce`.
         from modelops.insight.plugin import main as plugin_main
 
         return plugin_main(argv, prog="modelops")

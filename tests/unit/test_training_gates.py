@@ -23,7 +23,9 @@ from modelops.resources.training import (
     job_failure,
     metrics_summary,
 )
+from modelops.storage import sha256_hex
 from modelops.training.metrics import is_finite, split_finite
+from unit.test_trainer import MemoryStore
 
 NAN = float("nan")
 INF = float("inf")
@@ -69,6 +71,41 @@ def test_a_metric_without_a_gate_that_is_not_measured_blocks_nothing() -> None:
 def test_finite_metrics_are_still_compared_with_their_bounds() -> None:
     assert gate_failures({"r2": 0.95, "mae": 0.5}, {"r2": 0.9, "mae": 1.0}) == []
     assert gate_failures({"r2": 0.5}, {"r2": 0.9}) == ["r2 0.5 < 0.9"]
+
+
+# -- fairness names: differences and the worst group's error are bounded from above ---------
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["demographic_parity_difference", "equalized_odds_difference", "accuracy_difference",
+     "recall_difference", "mae_difference", "mae_group_max"],
+)  # fmt: skip
+def test_a_fairness_difference_gate_is_an_upper_bound(name: str) -> None:
+    assert gate_failures({name: 0.05}, {name: 0.1}) == []
+    assert gate_failures({name: 0.31}, {name: 0.1}) == [f"{name} 0.31 > 0.1"]
+
+
+@pytest.mark.parametrize("name", ["accuracy_group_min", "recall_group_min"])
+def test_a_worst_group_score_gate_is_a_lower_bound(name: str) -> None:
+    assert gate_failures({name: 0.9}, {name: 0.8}) == []
+    assert gate_failures({name: 0.7}, {name: 0.8}) == [f"{name} 0.7 < 0.8"]
+
+
+def test_a_fairness_gate_on_an_unmeasured_difference_fails_closed() -> None:
+    why = "demographic_parity_difference could not be measured (more than two classes: ...)"
+    failures = gate_failures(
+        {"accuracy": 0.9},
+        {"demographic_parity_difference": 0.1},
+        {"demographic_parity_difference": why},
+    )
+    assert failures == [why]
+
+
+def test_metrics_summary_leaves_the_fairness_scalars_to_status_metrics() -> None:
+    line = metrics_summary({"accuracy": 0.9, "demographic_parity_difference": 0.2,
+                            "accuracy_group_min": 0.8})  # fmt: skip
+    assert line == "accuracy=0.900"
 
 
 # -- sanitizing ----------------------------------------------------------------------------
@@ -202,9 +239,26 @@ def _job() -> dict[str, Any]:
     return {"spec": {"template": {"spec": {"containers": [{"image": "img:1"}]}}}}
 
 
-async def _register(monkeypatch: pytest.MonkeyPatch, fake: FakeCluster) -> str:
+async def _register(
+    monkeypatch: pytest.MonkeyPatch, fake: FakeCluster, store: MemoryStore | None = None
+) -> str:
     monkeypatch.setattr(runtime, "cluster", fake, raising=False)
+    monkeypatch.setattr(runtime, "store", store or MemoryStore(), raising=False)
     return await trainingrun._register(iris_run(), _summary({"accuracy": 0.9}), _job())
+
+
+async def test_registering_writes_the_card_beside_the_model_with_its_digests(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store, fake = MemoryStore(), FakeCluster([])
+    name = await _register(monkeypatch, fake, store)
+    card = fake.objects[name]["spec"]["card"]
+    for key, file in (("json", "card.json"), ("html", "card.html")):
+        assert card[key]["uri"] == f"s3://modelops/ml/iris/u/{file}"
+        assert sha256_hex(store.objects[card[key]["uri"]]) == card[key]["sha256"]
+    written = json.loads(store.objects[card["json"]["uri"]])
+    assert written["modelVersion"]["name"] == name == "iris-v1"
+    assert written["lineage"]["trainingRun"] == "iris-logreg"
 
 
 async def test_registering_after_a_hand_made_version_takes_the_next_number(

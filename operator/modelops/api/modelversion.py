@@ -15,7 +15,7 @@ from modelops.api.common import (
     NameRule,
     Resource,
 )
-from modelops.api.trainingrun import RetrainTrigger
+from modelops.api.trainingrun import MAX_SENSITIVE_FEATURES, RetrainTrigger
 
 
 class Feature(Model):
@@ -48,6 +48,62 @@ class Lineage(Model):
     """What started the run, when a DriftMonitor did (annotation ``modelops.dev/trigger``)."""
     trigger_detail: str | None = Field(default=None, max_length=1024)
     """Why, in one line (annotation ``modelops.dev/trigger-detail``)."""
+    target: str | None = None
+    """The target column (``dataset.target``); with ``testSize``, what ``reproduce`` needs."""
+    test_size: float | None = Field(default=None, gt=0, lt=1)
+    dataset_format: Literal["csv", "parquet"] | None = None
+    """``dataset.format`` when the run named one (else inferred from the key)."""
+
+
+MAX_GROUPS = 50
+"""Groups listed per sensitive feature: the largest by held-out rows; the rest are counted in
+``omittedGroups`` (and still measured: the differences are over every group)."""
+
+
+class FairnessGroup(Model):
+    """One value of a sensitive column on the held-out rows."""
+
+    value: str = Field(max_length=256)
+    """The column's value as text (``(missing)`` for a missing one), cut to 256 characters."""
+    count: int = Field(ge=0)
+    """Held-out rows in the group."""
+    metrics: dict[str, float] = Field(default_factory=dict)
+    """``selection_rate``, ``true_positive_rate``, ``false_positive_rate``, ``accuracy``,
+    ``recall`` or ``mae`` of the group, as the metrics asked need them; undefined ones
+    (recall of a group without positives) are left out."""
+
+
+class FeatureFairness(Model):
+    """The fairness of the model across the groups of one sensitive column."""
+
+    name: str
+    metrics: dict[str, float] = Field(default_factory=dict)
+    """This column's scalars: the differences (largest minus smallest group value), worst
+    group values (``accuracy_group_min``, ``mae_group_max``, ...)."""
+    groups: list[FairnessGroup] = Field(default_factory=list, max_length=MAX_GROUPS)
+    omitted_groups: int = Field(default=0, ge=0)
+    """Groups beyond the ``MAX_GROUPS`` largest, not listed."""
+
+
+class FairnessRecord(Model):
+    """Fairness on the held-out rows, as the trainer measured it with fairlearn."""
+
+    sensitive_features: list[str] = Field(max_length=MAX_SENSITIVE_FEATURES)
+    positive_label: str | None = None
+    """The class demographic parity and equalized odds were computed for (one-vs-rest)."""
+    metrics: dict[str, float] = Field(default_factory=dict)
+    """The worst value of each scalar across the sensitive columns (also in ``spec.metrics``,
+    where gates read them)."""
+    unmeasured: dict[str, str] = Field(default_factory=dict)
+    """Each scalar asked for that has no value, and why."""
+    features: list[FeatureFairness] = Field(default_factory=list, max_length=MAX_SENSITIVE_FEATURES)
+
+
+class CardRef(Model):
+    """The model card beside the model: JSON (the data) and HTML (the page)."""
+
+    json_: ArtifactRef = Field(alias="json")
+    html: ArtifactRef
 
 
 class ModelVersionSpec(Model):
@@ -58,6 +114,12 @@ class ModelVersionSpec(Model):
     """Reference profile the drift monitors compare live traffic with."""
     signature: Signature
     metrics: dict[str, float] = Field(default_factory=dict)
+    fairness: FairnessRecord | None = None
+    """With the run's ``spec.fairness``: per sensitive column, per group."""
+    probe: ArtifactRef | None = None
+    """Held-out rows and the model's predictions on them (``reproduce`` compares them)."""
+    card: CardRef | None = None
+    """The model card written at registration (``modelops card`` draws it anew)."""
     lineage: Lineage
     deletion_policy: Literal["Retain", "Delete"] = "Retain"
     """Delete removes the artifacts from the store when the ModelVersion is deleted."""

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Annotated, Literal, Self, get_args
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    WithJsonSchema,
+    model_validator,
+)
 
 from modelops.api.common import (
     CONDITIONS_FIELD,
@@ -35,6 +42,16 @@ EstimatorName = Literal[
 
 ESTIMATORS: tuple[str, ...] = get_args(EstimatorName)
 """The estimators a TrainingRun may name; arbitrary import paths are never accepted."""
+REGRESSORS: tuple[str, ...] = (
+    "LinearRegression",
+    "Ridge",
+    "Lasso",
+    "RandomForestRegressor",
+    "GradientBoostingRegressor",
+    "HistGradientBoostingRegressor",
+    "DecisionTreeRegressor",
+)
+"""The estimators of the allow-list that are regressors; the others are classifiers."""
 
 ParamValue = int | float | str | bool | None
 
@@ -47,6 +64,89 @@ OBJECT_URI_MESSAGE = (
     "spec.dataset.uri must name one object, s3://<bucket>/<key>, not a prefix ending in '/'"
     " (a prefix is allowed only in a DriftMonitor's spec.retrain.template with onNewData)"
 )
+
+
+FairnessMetric = Literal[
+    "demographic_parity_difference", "equalized_odds_difference", "accuracy", "recall", "mae"
+]
+"""What the trainer measures per sensitive group (fairlearn's names): the two differences
+of classifiers (demographic parity, equalized odds), and per-group accuracy and recall
+(classifiers) or MAE (regressors)."""
+CLASSIFICATION_FAIRNESS: tuple[str, ...] = (
+    "demographic_parity_difference",
+    "equalized_odds_difference",
+    "accuracy",
+    "recall",
+)
+"""The default metrics of a classifier, and the only ones it may name."""
+REGRESSION_FAIRNESS: tuple[str, ...] = ("mae",)
+"""The default metrics of a regressor, and the only ones it may name."""
+MAX_SENSITIVE_FEATURES = 5
+
+
+def _label_as_text(value: object) -> object:
+    # YAML's `positiveLabel: 1` arrives as an integer; class labels are compared as text.
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+ClassLabel = Annotated[
+    str,
+    BeforeValidator(_label_as_text),
+    Field(min_length=1, max_length=253),
+    WithJsonSchema({"x-kubernetes-int-or-string": True}),
+]
+"""A class label as written in YAML: text (``">50K"``) or a whole number (``1``)."""
+
+
+class Fairness(Model):
+    """Fairness measured on the held-out rows, per group of each sensitive column."""
+
+    sensitive_features: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(
+        min_length=1,
+        max_length=MAX_SENSITIVE_FEATURES,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    """Columns of the dataset (1 to 5); each is read for grouping and is a model input only
+    when ``dataset.features`` names it."""
+    metrics: list[FairnessMetric] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=len(get_args(FairnessMetric)),
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    """Default by task: all four classifier metrics, or ``mae`` for a regressor."""
+    positive_label: ClassLabel | None = None
+    """The favourable class that demographic parity and equalized odds are computed on
+    (one-vs-rest); default for two classes: the second of the sorted classes (``1`` of 0/1)."""
+
+    def metrics_for(self, estimator: str) -> tuple[str, ...]:
+        """The metrics to measure for ``estimator``: the named ones, else the task's default."""
+        if self.metrics:
+            return tuple(self.metrics)
+        return REGRESSION_FAIRNESS if estimator in REGRESSORS else CLASSIFICATION_FAIRNESS
+
+
+FAIRNESS_TASK_MESSAGE = (
+    "spec.fairness.metrics must fit the estimator's task: a regressor takes only mae, a"
+    " classifier demographic_parity_difference, equalized_odds_difference, accuracy, recall"
+)
+SENSITIVE_TARGET_MESSAGE = "spec.fairness.sensitiveFeatures must not name the target column"
+_REGRESSOR_LIST = ", ".join(f"'{name}'" for name in REGRESSORS)
+TEMPLATE_RULES: list[JsonValue] = [
+    {
+        "rule": "!has(self.fairness) || !has(self.fairness.metrics) || "
+        f"(self.estimator.name in [{_REGRESSOR_LIST}] ? "
+        "self.fairness.metrics.all(m, m == 'mae') : self.fairness.metrics.all(m, m != 'mae'))",
+        "message": FAIRNESS_TASK_MESSAGE,
+        "fieldPath": ".fairness.metrics",
+    },
+    {
+        "rule": "!has(self.fairness) || !(self.dataset.target in self.fairness.sensitiveFeatures)",
+        "message": SENSITIVE_TARGET_MESSAGE,
+        "fieldPath": ".fairness.sensitiveFeatures",
+    },
+]
+"""CEL rules of a TrainingRun spec (and a retrain template); the models check the same."""
 
 
 class Dataset(Model):
@@ -62,6 +162,9 @@ class Dataset(Model):
     """Feature columns, in order; all other columns when omitted."""
     categorical: list[str] | None = None
     """Columns to treat as categorical even when numeric."""
+    sha256: str | None = Field(default=None, pattern=r"^[a-f0-9]{64}$")
+    """The digest the object's bytes must have: another fails the run (``DatasetChanged``).
+    ``modelops reproduce`` sets it; a retrain template should not (new data differs)."""
 
 
 class Estimator(Model):
@@ -76,13 +179,16 @@ class Register(Model):
 
     enabled: bool = True
     min_metrics: dict[str, float] = Field(default_factory=dict)
-    """Gates: each named metric must be at least this value (MAE: at most)."""
+    """Gates: each named metric must be at least this value; a lower-is-better one (MAE,
+    the fairness differences) at most this value."""
     deletion_policy: Literal["Retain", "Delete"] = "Retain"
     """Passed to the ModelVersion: Delete removes its artifacts when it is deleted."""
 
 
 class TrainingRunTemplate(Model):
     """The fields of a TrainingRun's spec, as a DriftMonitor's retrain template holds them."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": TEMPLATE_RULES})
 
     model: str = Field(pattern=NAME_PATTERN, max_length=40)
     """Model name; ModelVersions are named ``<model>-v<N>``."""
@@ -92,12 +198,38 @@ class TrainingRunTemplate(Model):
     test_size: float = Field(default=0.2, gt=0, lt=1)
     """Fraction of rows held out for evaluation."""
     registration: Register = Field(default_factory=Register, alias="register")
+    fairness: Fairness | None = None
+    """Sensitive columns and fairness metrics, measured on the held-out rows."""
     image: str | None = None
     """Trainer image; the operator's default runtime image when omitted."""
     resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
     backoff_limit: int = Field(default=0, ge=0, le=10)
     active_deadline_seconds: int = Field(default=3600, ge=1)
     ttl_seconds_after_finished: int = Field(default=86400, ge=0)
+
+    @model_validator(mode="after")
+    def _fairness_fits(self) -> Self:
+        # The CRD's CEL rules say the same; this catches objects that bypassed admission.
+        fairness = self.fairness
+        if fairness is None:
+            return self
+        if fairness.metrics:
+            allowed = (
+                REGRESSION_FAIRNESS
+                if self.estimator.name in REGRESSORS
+                else CLASSIFICATION_FAIRNESS
+            )
+            if any(m not in allowed for m in fairness.metrics):
+                raise ValueError(FAIRNESS_TASK_MESSAGE)
+        if self.dataset.target in fairness.sensitive_features:
+            raise ValueError(SENSITIVE_TARGET_MESSAGE)
+        for name, values in (
+            ("sensitiveFeatures", fairness.sensitive_features),
+            ("metrics", fairness.metrics or []),
+        ):
+            if len(set(values)) != len(values):
+                raise ValueError(f"spec.fairness.{name} names a column or metric twice")
+        return self
 
 
 class TrainingRunSpec(TrainingRunTemplate):
@@ -106,11 +238,12 @@ class TrainingRunSpec(TrainingRunTemplate):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
+                *TEMPLATE_RULES,
                 {
                     "rule": "!self.dataset.uri.endsWith('/')",
                     "message": OBJECT_URI_MESSAGE,
                     "fieldPath": ".dataset.uri",
-                }
+                },
             ]
         }
     )

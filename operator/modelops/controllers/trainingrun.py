@@ -7,7 +7,9 @@ import json
 from typing import Any
 
 import kopf
+from minio.error import S3Error
 from pydantic import ValidationError
+from urllib3.exceptions import HTTPError
 
 from modelops import API_VERSION, GROUP, VERSION
 from modelops.api.common import now_iso
@@ -16,6 +18,7 @@ from modelops.controllers.cluster import ApiError
 from modelops.controllers.main import get_settings, runtime
 from modelops.controllers.metrics import JOBS_CREATED, RUNS_FINISHED, VERSIONS_REGISTERED
 from modelops.controllers.status import StatusWriter, invalid_spec, reconciling
+from modelops.insight.card import card_document, render_html
 from modelops.resources import modelversion as mv_builder
 from modelops.resources.common import RUN_UID_LABEL
 from modelops.resources.training import (
@@ -28,7 +31,7 @@ from modelops.resources.training import (
     output_uri,
     training_job,
 )
-from modelops.storage import ArtifactError, Location
+from modelops.storage import ArtifactError, ArtifactStore, Location
 
 TERMINAL = ("Succeeded", "Failed")
 REGISTER_ATTEMPTS = 20
@@ -159,6 +162,8 @@ async def _register(run: TrainingRun, summary: dict[str, Any], job: dict[str, An
             return str(mine[0]["metadata"]["name"])
         number = mv_builder.next_number(existing, run.spec.model)
         obj = mv_builder.model_version(run, summary, number, image)
+        # Written before each attempt: the card names the number this attempt creates.
+        obj["spec"]["card"] = await _card(obj)
         try:
             created = await runtime.cluster.create_new(obj)
         except ApiError as exc:
@@ -174,3 +179,40 @@ async def _register(run: TrainingRun, summary: dict[str, Any], job: dict[str, An
         f"no free ModelVersion name for model {run.spec.model} after {len(tried)} attempts "
         f"(taken: {', '.join(dict.fromkeys(tried))})",
     )
+
+
+async def _card(version: dict[str, Any]) -> dict[str, Any]:
+    """Write the version's model card beside its model; return ``spec.card``. A store that
+    does not answer is waited out (the run's timer tries again)."""
+    try:
+        return await asyncio.to_thread(write_card, runtime.store, version)
+    except (S3Error, HTTPError, OSError) as exc:
+        raise kopf.TemporaryError(f"model card not written: {exc}", delay=10) from exc
+
+
+def write_card(store: ArtifactStore, version: dict[str, Any]) -> dict[str, Any]:
+    """``card.json`` and ``card.html`` of ``version`` (a ModelVersion object) beside its
+    ``model.skops``; returns ``{json, html}``, each ``{uri, sha256, size}``.
+
+    The profile is read digest-verified; a missing or altered one is named in the card
+    (``profileProblem``) instead of drawn. Raises the store's errors when it cannot write.
+    """
+    spec = version["spec"]
+    profile, problem = None, None
+    if ref := spec.get("profile"):
+        try:
+            data = store.get_verified(Location.parse(ref["uri"]), ref["sha256"])
+            profile = json.loads(data)
+        except ArtifactError as exc:
+            problem = f"reference profile unavailable: {exc}"
+    card = card_document(version, profile, profile_problem=problem)
+    model = Location.parse(spec["artifact"]["uri"])
+    folder = model.key.rpartition("/")[0]
+    refs = {}
+    for key, name, data, kind in (
+        ("json", "card.json", json.dumps(card, allow_nan=False).encode(), "application/json"),
+        ("html", "card.html", render_html(card).encode(), "text/html; charset=utf-8"),
+    ):
+        loc = Location(model.bucket, f"{folder}/{name}" if folder else name)
+        refs[key] = {"uri": loc.uri, "sha256": store.put(loc, data, kind), "size": len(data)}
+    return refs

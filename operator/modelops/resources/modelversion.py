@@ -51,8 +51,16 @@ def next_number(existing: list[dict[str, Any]], model: str | None = None) -> int
 
 
 def model_version(
-    run: TrainingRun, summary: dict[str, Any], number: int, image: str
+    run: TrainingRun,
+    summary: dict[str, Any],
+    number: int,
+    image: str,
+    card: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The ModelVersion ``<model>-v<number>`` of a run's trainer ``summary``: artifact,
+    profile, probe, signature, finite metrics (the fairness scalars among them), the fairness
+    table, and the lineage (the run, its dataset and digest, estimator, params, seed, target,
+    test size, ``image``); ``card`` is ``spec.card`` (``{json, html}`` refs) when written."""
     meta = run.metadata
     annotations = meta.get("annotations") or {}
     trigger = annotations.get(TRIGGER_ANNOTATION)
@@ -65,6 +73,9 @@ def model_version(
             "version": number,
             "artifact": summary["artifact"],
             "profile": summary.get("profile"),
+            "probe": summary.get("probe"),
+            "fairness": summary.get("fairness"),
+            "card": card,
             "signature": summary["signature"],
             # Finite numbers only: the API server refuses NaN, and it is no measurement.
             "metrics": split_finite(summary.get("metrics") or {})[0],
@@ -80,6 +91,9 @@ def model_version(
                 "image": image,
                 "trigger": trigger if known else None,
                 "triggerDetail": detail or None,
+                "target": run.spec.dataset.target,
+                "testSize": run.spec.test_size,
+                "datasetFormat": run.spec.dataset.format,
             },
         }
     )

@@ -21,7 +21,13 @@ from modelops.resources.common import (
 )
 from modelops.settings import Settings
 from modelops.storage import run_prefix
-from modelops.training.metrics import is_finite, split_finite, unmeasured_message
+from modelops.training.metrics import (
+    FAIRNESS_LOWER_IS_BETTER,
+    FAIRNESS_SCALARS,
+    is_finite,
+    split_finite,
+    unmeasured_message,
+)
 
 
 def job_name(run_name: str) -> str:
@@ -114,7 +120,11 @@ def retrain_run(
     }
 
 
-LOWER_IS_BETTER = frozenset({"mae", "mse", "rmse", "log_loss"})
+LOWER_IS_BETTER = frozenset({"mae", "mse", "rmse", "log_loss"}) | FAIRNESS_LOWER_IS_BETTER
+"""Metrics a gate bounds from above (``at most``): errors, and the fairness differences
+between groups (``demographic_parity_difference``, ``equalized_odds_difference``,
+``accuracy_difference``, ``recall_difference``, ``mae_difference``) and ``mae_group_max``.
+Every other gate is a lower bound (``at least``), ``accuracy_group_min`` included."""
 
 
 def job_outcome(job: dict[str, Any]) -> tuple[str, str]:
@@ -164,8 +174,10 @@ def gate_failures(
 ) -> list[str]:
     """Why the metrics miss the gates, one phrase per gate; empty when all pass.
 
-    A gate on a metric that could not be measured (absent, NaN, ±Infinity) fails: a guard
-    that cannot be evaluated fails closed. ``unmeasured`` gives the reason when it is known.
+    A gate is a lower bound, or an upper bound for a name in :data:`LOWER_IS_BETTER`
+    (``demographic_parity_difference 0.31 > 0.1``). A gate on a metric that could not be
+    measured (absent, NaN, ±Infinity) fails: a guard that cannot be evaluated fails closed.
+    ``unmeasured`` gives the reason when it is known.
     """
     unmeasured = unmeasured or {}
     failures = []
@@ -185,8 +197,13 @@ def gate_failures(
 
 
 def metrics_summary(metrics: Mapping[str, float]) -> str:
-    """The finite metrics on one line, e.g. ``accuracy=0.974 f1=0.973``."""
-    return " ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items()) if is_finite(v))
+    """The finite metrics on one line, e.g. ``accuracy=0.974 f1=0.973``; the fairness
+    scalars are left to ``status.metrics`` (the line is a ``kubectl get`` column)."""
+    return " ".join(
+        f"{k}={v:.3f}"
+        for k, v in sorted(metrics.items())
+        if is_finite(v) and k not in FAIRNESS_SCALARS
+    )
 
 
 @dataclass(frozen=True)

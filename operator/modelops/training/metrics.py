@@ -12,6 +12,24 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+FAIRNESS_SCALARS = frozenset(
+    {
+        "demographic_parity_difference",
+        "equalized_odds_difference",
+        "accuracy_difference",
+        "accuracy_group_min",
+        "recall_difference",
+        "recall_group_min",
+        "mae_difference",
+        "mae_group_max",
+    }
+)
+"""The scalars the fairness assessment adds to a run's metrics (see
+:mod:`modelops.training.fairness`)."""
+FAIRNESS_LOWER_IS_BETTER = FAIRNESS_SCALARS - {"accuracy_group_min", "recall_group_min"}
+"""Of those, the ones a gate bounds from above: the differences between groups, and the
+worst group's MAE. The worst group's accuracy and recall are bounded from below."""
+
 
 def is_finite(value: Any) -> bool:
     """A real, finite number (not a bool, not a string, not NaN or ±Infinity)."""

@@ -9,6 +9,21 @@ unexpected exception ends with exit code 1 and is reported the same way, with re
 A metric that cannot be measured (R² on one test row is NaN) is not written as if it had a
 value: ``metrics`` holds finite numbers only, and ``unmeasured`` says why each other one is
 missing. Every JSON the trainer writes is strict JSON (no NaN, no Infinity).
+
+With ``spec.fairness``, the sensitive columns are read from the dataset (a missing one fails
+the run, ``SensitiveFeatureMissing``), split with the same rows as the features, and assessed
+on the held-out rows (:mod:`modelops.training.fairness`); their scalars join ``metrics`` (so
+gates read them) and the table goes to ``summary["fairness"]``. A sensitive column is not a
+model input unless ``dataset.features`` names it: by default the features are every column
+but the target and the sensitive ones.
+
+``probe.json`` keeps up to ``PROBE_ROWS`` held-out rows (inputs only, as the model took them)
+and the model's predictions on them: ``modelops reproduce`` predicts them again with a model
+trained anew and compares. Layout::
+
+    {"schemaVersion": 1, "task": "classification", "features": ["a", "colour"],
+     "categorical": ["colour"], "inputs": {"a": [0.1, ...], "colour": ["red", ...]},
+     "predictions": ["1", ...]}      # classes as text; a regressor's as numbers
 """
 
 from __future__ import annotations
@@ -38,11 +53,15 @@ from sklearn.preprocessing import OneHotEncoder
 from modelops.api.trainingrun import TrainingRunSpec
 from modelops.drift.profile import build_profile
 from modelops.storage import ArtifactError, ArtifactStore, Location, sha256_hex
+from modelops.training import fairness
 from modelops.training.estimators import EstimatorError, build
 from modelops.training.metrics import split_finite
 
 MAX_CATEGORIES = 100
 """A text column with more distinct values than this is not treated as categorical."""
+PROBE_ROWS = 50
+"""Held-out rows kept in ``probe.json`` with the model's predictions on them."""
+PROBE_SCHEMA = 1
 
 
 class TrainingError(Exception):
@@ -59,6 +78,8 @@ class Prepared:
     target: pd.Series
     features: list[str]
     categorical: list[str]
+    sensitive: pd.DataFrame | None = None
+    """The sensitive columns as read (``spec.fairness``), row for row with ``frame``."""
 
 
 def read_dataset(data: bytes, uri: str, fmt: str | None) -> pd.DataFrame:
@@ -79,7 +100,16 @@ def prepare(frame: pd.DataFrame, spec: TrainingRunSpec) -> Prepared:
             f"target column {ds.target!r} is not in the dataset (columns: "
             f"{', '.join(map(str, frame.columns[:20]))})",
         )
-    features = ds.features or [str(c) for c in frame.columns if c != ds.target]
+    sensitive = list(spec.fairness.sensitive_features) if spec.fairness else []
+    if absent := [c for c in sensitive if c not in frame.columns]:
+        raise TrainingError(
+            "SensitiveFeatureMissing",
+            f"sensitive feature column(s) not in the dataset: {absent} (columns: "
+            f"{', '.join(map(str, frame.columns[:20]))})",
+        )
+    features = ds.features or [
+        str(c) for c in frame.columns if c != ds.target and c not in sensitive
+    ]
     missing = [f for f in features if f not in frame.columns]
     if missing:
         raise TrainingError("MissingFeature", f"feature column(s) not in dataset: {missing}")
@@ -108,7 +138,14 @@ def prepare(frame: pd.DataFrame, spec: TrainingRunSpec) -> Prepared:
         categorical.append(name)
     if len(frame) < 10:
         raise TrainingError("InvalidDataset", f"the dataset has only {len(frame)} rows")
-    return Prepared(X, frame[ds.target], features, categorical)
+    groups = frame[sensitive].copy() if sensitive else None
+    return Prepared(X, frame[ds.target], features, categorical, groups)
+
+
+def model_input(frame: pd.DataFrame, categorical: list[str]) -> Any:
+    """What the estimator takes: the frame when a column is categorical (the pipeline
+    encodes it by name), else a float64 matrix."""
+    return frame if categorical else frame.to_numpy(np.float64)
 
 
 def make_model(spec: TrainingRunSpec, prepared: Prepared) -> BaseEstimator:
@@ -149,18 +186,28 @@ def train(spec: TrainingRunSpec, store: ArtifactStore, output: Location) -> dict
         raw = store.get(source)
     except ArtifactError as exc:
         raise TrainingError("DatasetMissing", str(exc)) from None
+    digest = sha256_hex(raw)
+    if spec.dataset.sha256 and digest != spec.dataset.sha256:
+        raise TrainingError(
+            "DatasetChanged",
+            f"{spec.dataset.uri} has sha256 {digest}, dataset.sha256 asks for "
+            f"{spec.dataset.sha256}",
+        )
     prepared = prepare(read_dataset(raw, spec.dataset.uri, spec.dataset.format), spec)
     try:
         model = make_model(spec, prepared)
     except EstimatorError as exc:
         raise TrainingError("EstimatorNotAllowed", str(exc)) from None
     classifier = is_classifier(model)
-    X: Any = prepared.frame if prepared.categorical else prepared.frame.to_numpy(np.float64)
+    X: Any = model_input(prepared.frame, prepared.categorical)
     y = prepared.target.to_numpy()
     stratify = y if classifier and pd.Series(y).value_counts().min() >= 2 else None
+    # Row numbers split with the data (the split depends on the row count alone), so the
+    # sensitive columns follow the held-out rows.
+    rows = np.arange(len(y))
     try:
-        X_train, X_test, y_train, y_test = train_test_split(
-            X, y, test_size=spec.test_size, random_state=spec.seed, stratify=stratify
+        X_train, X_test, y_train, y_test, _, test_rows = train_test_split(
+            X, y, rows, test_size=spec.test_size, random_state=spec.seed, stratify=stratify
         )
     except ValueError as exc:
         raise TrainingError(
@@ -174,6 +221,12 @@ def train(spec: TrainingRunSpec, store: ArtifactStore, output: Location) -> dict
         warnings.simplefilter("ignore", UndefinedMetricWarning)
         scores = evaluate(model, classifier, X_test, y_test)
     metrics, unmeasured = split_finite(scores, len(y_test))
+    classes = [str(c) for c in getattr(model, "classes_", [])] if classifier else None
+    predicted = model.predict(X_test)
+    assessment = _assess_fairness(spec, prepared, test_rows, y_test, predicted, classes)
+    if assessment is not None:
+        metrics.update(assessment.metrics)
+        unmeasured.update(assessment.unmeasured)
 
     reference = pd.DataFrame(X_train, columns=prepared.features)
     profile = build_profile(
@@ -185,8 +238,9 @@ def train(spec: TrainingRunSpec, store: ArtifactStore, output: Location) -> dict
     profile_bytes = json.dumps(profile, separators=(",", ":")).encode()
     artifact = _put(store, output, "model.skops", model_bytes)
     profile_ref = _put(store, output, "profile.json", profile_bytes)
+    probe = probe_document(prepared, X_test, predicted, classifier)
+    probe_ref = _put(store, output, "probe.json", _json(probe))
     store.put(Location(output.bucket, f"{output.key}/metrics.json"), _json(metrics))
-    classes = [str(c) for c in getattr(model, "classes_", [])] if classifier else None
     summary: dict[str, Any] = {
         "ok": True,
         "task": "classification" if classifier else "regression",
@@ -194,6 +248,8 @@ def train(spec: TrainingRunSpec, store: ArtifactStore, output: Location) -> dict
         **({"unmeasured": unmeasured} if unmeasured else {}),
         "artifact": artifact,
         "profile": profile_ref,
+        "probe": probe_ref,
+        **({"fairness": assessment.record} if assessment is not None else {}),
         "signature": {
             "task": "classification" if classifier else "regression",
             "inputs": [
@@ -202,11 +258,68 @@ def train(spec: TrainingRunSpec, store: ArtifactStore, output: Location) -> dict
             ],
             **({"classes": classes} if classes is not None else {}),
         },
-        "dataset": {"uri": spec.dataset.uri, "sha256": sha256_hex(raw), "rows": len(y)},
+        "dataset": {"uri": spec.dataset.uri, "sha256": digest, "rows": len(y)},
         "rows": {"train": len(y_train), "test": len(y_test)},
     }
     store.put(Location(output.bucket, f"{output.key}/summary.json"), _json(summary))
     return summary
+
+
+def _assess_fairness(
+    spec: TrainingRunSpec,
+    prepared: Prepared,
+    test_rows: Any,
+    y_test: Any,
+    predicted: Any,
+    classes: list[str] | None,
+) -> fairness.Assessment | None:
+    """The fairness of the held-out predictions, when the spec asks for it."""
+    if spec.fairness is None or prepared.sensitive is None:
+        return None
+    groups = prepared.sensitive.iloc[test_rows].reset_index(drop=True)
+    try:
+        return fairness.assess(
+            y_test,
+            predicted,
+            groups,
+            spec.fairness.metrics_for(spec.estimator.name),
+            classes=classes,
+            positive_label=spec.fairness.positive_label,
+        )
+    except ValueError as exc:
+        raise TrainingError("UnknownPositiveLabel", str(exc)) from None
+
+
+def probe_document(
+    prepared: Prepared, X_test: Any, predicted: Any, classifier: bool
+) -> dict[str, Any]:
+    """The first ``PROBE_ROWS`` held-out rows with finite values and the model's predictions
+    on them (see the module docstring for the layout)."""
+    frame = pd.DataFrame(X_test, columns=prepared.features).reset_index(drop=True)
+    answers = pd.Series(list(predicted))
+    keep = np.ones(len(frame), dtype=bool)
+    for name in prepared.features:  # strict JSON: an infinite input cannot be written
+        if name not in prepared.categorical:
+            keep &= np.isfinite(frame[name].to_numpy(np.float64))
+    if not classifier:
+        keep &= np.isfinite(answers.to_numpy(np.float64))
+    frame, answers = frame[keep].head(PROBE_ROWS), answers[keep].head(PROBE_ROWS)
+    inputs = {
+        name: (
+            frame[name].astype(str).tolist()
+            if name in prepared.categorical
+            else frame[name].tolist()
+        )
+        for name in prepared.features
+    }
+    return {
+        "schemaVersion": PROBE_SCHEMA,
+        "task": "classification" if classifier else "regression",
+        "features": prepared.features,
+        "categorical": prepared.categorical,
+        "inputs": inputs,
+        "predictions": [str(p) for p in answers] if classifier else [float(p) for p in answers],
+    }
 
 
 def _json(data: Any) -> bytes:
