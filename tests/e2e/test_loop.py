@@ -111,18 +111,29 @@ def test_kubectl_prints_the_printer_columns(rollback: Result, kubectl: Kubectl) 
         "MODEL",
         "STABLE",
         "CANARY",
+        "MODE",
         "WEIGHT",
         "PHASE",
         "READY",
         "DESIRED",
         "AGE",
     ]
-    assert row.split()[:8] == ["iris", "iris", "iris-v1", "iris-v2", "0", "RolledBack", "2", "2"]
+    assert row.split()[:9] == [
+        "iris",
+        "iris",
+        "iris-v1",
+        "iris-v2",
+        "canary",
+        "0",
+        "RolledBack",
+        "2",
+        "2",
+    ]
 
     everything = kubectl("get", "modelops")
     for header in (
-        "NAME DEPLOYMENT VERSION DRIFTED SHARE SAMPLES ACTION AGE",
-        "NAME MODEL STABLE CANARY WEIGHT PHASE READY DESIRED AGE",
+        "NAME DEPLOYMENT VERSION DRIFTED SHARE SAMPLES QUALITY LABELS ACTION AGE",
+        "NAME MODEL STABLE CANARY MODE WEIGHT PHASE READY DESIRED AGE",
         "NAME MODEL VERSION PHASE METRICS RUN AGE",
         "NAME MODEL ESTIMATOR PHASE METRICS VERSION AGE",
     ):

@@ -1,9 +1,11 @@
 """``modelops local demo``: the whole loop on this machine, narrated, with a summary.
 
-Starts the local cluster in ``.modelops/``, runs the rollback story of
-:mod:`modelops.local.scenario` with a live view, prints a summary (stage timings, requests
-served, client errors, time from the first drifted request to the rollback) and stops
-everything. Exits 0 when the story ended as it should.
+Starts the local cluster in ``.modelops/``, runs the story of :mod:`modelops.local.scenario`
+with a live view (act 1: the drift rollback; act 2: live quality falls, a retrain on fresh
+data, a canary with quality analysis, promoted), prints a summary (stage timings, requests
+served, client errors, time from the first drifted request to the rollback, feedback sent,
+stable's fallen accuracy, time from the concept drift to the promotion) and stops everything.
+Exits 0 when the story ended as it should.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from modelops.local.cluster import LocalCluster
-from modelops.local.scenario import Result, Scenario, ScenarioError
-from modelops.local.view import RichView, View, make_view
+from modelops.local.scenario import Result, Scenario, ScenarioError, SecondAct
+from modelops.local.traffic import TrafficStats
+from modelops.local.view import RichView, View, make_view, number, p_value
 
 
 def summary(result: Result, cluster_seconds: float) -> list[tuple[str, str]]:
-    """(label, value) rows: when each stage was reached, then what the clients saw."""
+    """(label, value) rows: when each stage was reached (seconds since the start, and since
+    the stage before), then what the clients saw, act by act."""
     rows: list[tuple[str, str]] = [("local cluster up", f"{cluster_seconds:6.1f}s")]
     previous = result.started
     for stage, at in result.stages:
@@ -44,7 +48,52 @@ def summary(result: Result, cluster_seconds: float) -> list[tuple[str, str]]:
     checked = sum(a.version == result.expected_version for a in result.after)
     rows.append((f"answers from {result.expected_version} after", f"{checked}/{len(result.after)}"))
     rows.append(("reason", result.reason))
+    if result.second is not None:
+        rows += second_act_rows(result.second, traffic)
     rows.append(("total", f"{cluster_seconds + time.time() - result.started:.1f}s"))
+    return rows
+
+
+def second_act_rows(act: SecondAct, traffic: TrafficStats) -> list[tuple[str, str]]:
+    """The second act's rows: feedback sent, stable's fallen quality (as the monitor and as
+    the clients measured it), the retrain, the analysis the promotion was taken on."""
+    counts = traffic.feedback_counts()
+    answered = ", ".join(
+        f"{k} {counts[k]}" for k in ("joined", "pending", "unknown") if k in counts
+    )
+    fell, seen = act.fell, act.client_accuracy
+    held_out = (fell.get("baseline") or {}).get("against")
+    rows = [
+        (
+            "feedback",
+            f"{traffic.labels_sent()} labels in {len(traffic.feedback)} calls "
+            f"(at once: {answered}), {len(traffic.feedback_errors())} failed",
+        ),
+        (
+            f"{act.stable} live accuracy when it fired",
+            f"{number(fell.get('value'))} on {fell.get('labels')} labels (held-out "
+            f"{number(held_out)}; clients' tally {number(seen[0])} on {seen[1]})",
+        ),
+    ]
+    if act.fired_at is not None:
+        rows.append(("labels change -> quality fired", f"{act.fired_at - act.started:.1f}s"))
+    rows.append(("retraining run", f"{act.retrain} on {act.dataset_uri}"))
+    analysis = act.promotion.get("analysis") or {}
+    if analysis:
+        rows.append(
+            (
+                f"{act.version} analysis at promotion",
+                f"{analysis.get('metric')} {number(analysis.get('canaryValue'))} "
+                f"({analysis.get('canaryLabels')} labels) vs {number(analysis.get('stableValue'))} "
+                f"({analysis.get('stableLabels')}), margin {analysis.get('margin')}, "
+                f"p(not worse) {p_value(analysis.get('pNotWorse'))}",
+            )
+        )
+    if (seconds := act.fall_to_promotion) is not None:
+        rows.append(("labels change -> promotion", f"{seconds:.1f}s"))
+    checked = sum(a.version == act.version for a in act.after)
+    rows.append((f"answers from {act.version} after", f"{checked}/{len(act.after)}"))
+    rows.append(("act 2 reason", f"{act.promotion.get('reason')}: {act.promotion.get('message')}"))
     return rows
 
 
@@ -80,7 +129,7 @@ def print_summary(rows: list[tuple[str, str]], problems: list[str], *, rich: boo
 
 
 async def _story(cluster: LocalCluster, view: View) -> Result:
-    return await Scenario(cluster, view).run()
+    return await Scenario(cluster, view, quality_act=True).run()
 
 
 def run_demo(

@@ -7,9 +7,17 @@ Service), send traffic, train ``<model>-v2``, walk it through the canary steps, 
   the Deployment rolls the canary back to v1, with the monitor's reason; or
 - ``promote``: the traffic stays clean and v2 is promoted.
 
+With ``quality_act`` (what ``make demo`` runs), a second act follows the rollback: the concept
+drifts (the same flowers, named by a new guide: the inputs do not change, the true labels do),
+clients send the true labels back to the feedback endpoint, a DriftMonitor with a quality rule
+finds the stable version's live accuracy fallen below its held-out accuracy and retrains on the
+fresh labelled data under a dataset prefix, and the new version is canaried with quality
+analysis (non-inferiority to stable on the live labels before each step and before promotion)
+and promoted.
+
 Every stage is timed; every answer the clients got is kept; the end checks that the clients
-saw no failed request and that, after the rollback (or promotion), every answer comes from
-the version that should serve.
+saw no failed request (nor failed feedback call) and that, after the rollback (or promotion),
+every answer comes from the version that should serve.
 """
 
 from __future__ import annotations
@@ -28,8 +36,9 @@ from sklearn.datasets import load_iris
 from modelops import API_VERSION
 from modelops.controllers.cluster import ApiError, Cluster
 from modelops.local.cluster import NAMESPACE
-from modelops.local.traffic import Answer, Traffic, TrafficStats
-from modelops.local.view import KINDS, View
+from modelops.local.traffic import Answer, Feedback, Traffic, TrafficStats
+from modelops.local.view import KINDS, View, number, p_value
+from modelops.resources.training import TRIGGER_ANNOTATION
 from modelops.storage import ArtifactStore, Location
 
 Obj = dict[str, Any]
@@ -43,6 +52,24 @@ def iris_frame() -> pd.DataFrame:
     frame = data.frame.rename(columns=lambda c: c.replace(" (cm)", "").replace(" ", "_"))
     frame[TARGET] = [data.target_names[i] for i in frame.pop("target")]
     return frame
+
+
+NARROW_SEPAL_CM = 3.0
+"""The new guide's line: a non-setosa iris with sepals narrower than this is virginica."""
+
+
+def relabelled(frame: pd.DataFrame) -> pd.DataFrame:
+    """The same flowers named by a new guide (concept drift: the measurements do not change,
+    what they mean does): setosa stay setosa; of the others, those with sepals narrower than
+    :data:`NARROW_SEPAL_CM` are virginica, the rest versicolor. 63 of iris's 150 flowers get
+    another name: a model of the old names gets about 57% of the new ones right, one fitted
+    on the new names nearly all (``tests/unit/test_local_demo.py``)."""
+    out = frame.copy()
+    others = out[TARGET] != "setosa"
+    narrow = out["sepal_width"] < NARROW_SEPAL_CM
+    out.loc[others & narrow, TARGET] = "virginica"
+    out.loc[others & ~narrow, TARGET] = "versicolor"
+    return out
 
 
 class Backend(Protocol):
@@ -61,6 +88,19 @@ class Backend(Protocol):
 # -- the resources --------------------------------------------------------------------------------
 
 
+def training_spec(model: str, estimator: str, params: Mapping[str, Any], dataset_uri: str) -> Obj:
+    """A TrainingRun's spec (also a DriftMonitor's retrain template)."""
+    return {
+        "model": model,
+        "dataset": {"uri": dataset_uri, "target": TARGET},
+        "estimator": {"name": estimator, "params": dict(params)},
+        "seed": 42,
+        "testSize": 0.25,
+        "register": {"minMetrics": {"accuracy": 0.85}},
+        "backoffLimit": 0,
+    }
+
+
 def training_run(
     name: str, model: str, estimator: str, params: Mapping[str, Any], bucket: str
 ) -> Obj:
@@ -68,15 +108,7 @@ def training_run(
         "apiVersion": API_VERSION,
         "kind": "TrainingRun",
         "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {
-            "model": model,
-            "dataset": {"uri": f"s3://{bucket}/{DATASET_KEY}", "target": TARGET},
-            "estimator": {"name": estimator, "params": dict(params)},
-            "seed": 42,
-            "testSize": 0.25,
-            "register": {"minMetrics": {"accuracy": 0.85}},
-            "backoffLimit": 0,
-        },
+        "spec": training_spec(model, estimator, params, f"s3://{bucket}/{DATASET_KEY}"),
     }
 
 
@@ -118,6 +150,75 @@ def drift_monitor(name: str, deployment_name: str) -> Obj:
     }
 
 
+FOREST = ("RandomForestClassifier", {"n_estimators": 30, "max_depth": 4})
+MAX_DEGRADATION = 0.1
+QUALITY = {"metric": "accuracy", "maxDegradation": MAX_DEGRADATION, "baseline": "training"}
+"""The quality rule of the second act: fire when stable's live accuracy is shown more than ten
+points below its held-out accuracy."""
+QUALITY_LABELS = 60
+ANALYSIS = {"metric": "accuracy", "margin": 0.05, "minLabels": 40, "window": "30s"}
+"""The canary analysis of the second act: before each step and before promotion, the canary
+must be shown no more than five accuracy points worse than stable on the live labels."""
+
+
+def quality_monitor(name: str, deployment_name: str, model: str, data_prefix: str) -> Obj:
+    """A DriftMonitor on stable's live quality that retrains, on the newest dataset object
+    under ``data_prefix`` (``s3://bucket/key/``), when it finds stable underperforming."""
+    estimator, params = FOREST
+    # Labels arrive a second or more after the answers (and reach the operator with the pods'
+    # next quality objects, every 5s): a 30s window keeps only the new world's labels; the
+    # cooldown keeps stable's lasting underperformance (until the promotion) from retraining
+    # again; onNewData lets the template name a prefix.
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "DriftMonitor",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "deployment": deployment_name,
+            "traffic": "stable",
+            "window": "20s",
+            "interval": "2s",
+            "minSamples": 50,
+            "quality": {**QUALITY, "minLabels": QUALITY_LABELS, "window": "30s"},
+            "action": "retrain",
+            "retrain": {
+                "template": training_spec(model, estimator, params, data_prefix),
+                "onNewData": True,
+                "cooldown": "10m",
+            },
+        },
+    }
+
+
+# -- the second act ------------------------------------------------------------------------------
+
+
+@dataclass
+class SecondAct:
+    """What the second act saw: the concept drift, stable's quality falling, the retrain the
+    quality monitor started, the new version's canary with quality analysis, its promotion."""
+
+    started: float  # time.time() when the labels changed
+    stable: str  # the version whose quality falls
+    dataset_uri: str  # the fresh labelled data uploaded
+    fell: Obj = field(default_factory=dict)  # the monitor's status.quality when it fired
+    fired: str = ""  # the monitor's message then
+    fired_at: float | None = None
+    client_accuracy: tuple[float | None, int] = (None, 0)  # stable's, as the clients saw it
+    retrain: str = ""  # the TrainingRun the monitor started
+    version: str = ""  # the version it registered
+    promotion: Obj = field(default_factory=dict)  # the Deployment's history entry
+    after: list[Answer] = field(default_factory=list)
+    finished_at: float | None = None  # promotion observed (time.time())
+    recovered: Obj = field(default_factory=dict)  # the monitor's status.quality on the new stable
+
+    @property
+    def fall_to_promotion(self) -> float | None:
+        if self.finished_at is None:
+            return None
+        return self.finished_at - self.started
+
+
 # -- the result -----------------------------------------------------------------------------------
 
 
@@ -133,6 +234,7 @@ class Result:
     finished_at: float | None = None  # rollback or promotion observed (time.time())
     reason: str = ""  # the Deployment's last history entry: reason and message
     objects: dict[str, dict[str, Obj]] = field(default_factory=dict)  # final, by kind and name
+    second: SecondAct | None = None  # with ``quality_act``
 
     def at(self, stage: str) -> float | None:
         return next((t for s, t in self.stages if s == stage), None)
@@ -151,15 +253,24 @@ class Result:
             found.append(
                 f"{len(errors)} failed requests, e.g. {errors[0].error or errors[0].status}"
             )
-        wrong = [a for a in self.after if a.version != self.expected_version]
-        if not self.after:
-            found.append("no answers were checked at the end")
-        elif wrong:
-            found.append(
-                f"{len(wrong)}/{len(self.after)} answers at the end came from "
-                f"{sorted({str(a.version) for a in wrong})}, not {self.expected_version}"
-            )
+        if failed := self.traffic.feedback_errors():
+            found.append(f"{len(failed)} failed feedback calls, e.g. {failed[0].error}")
+        found += _wrong_answers(self.after, self.expected_version, "the end of act 1")
+        if self.second is not None:
+            found += _wrong_answers(self.second.after, self.second.version, "the promotion")
         return found
+
+
+def _wrong_answers(after: list[Answer], expected: str, when: str) -> list[str]:
+    wrong = [a for a in after if a.version != expected]
+    if not after:
+        return [f"no answers were checked after {when}"]
+    if wrong:
+        return [
+            f"{len(wrong)}/{len(after)} answers after {when} came from "
+            f"{sorted({str(a.version) for a in wrong})}, not {expected}"
+        ]
+    return []
 
 
 class ScenarioError(Exception):
@@ -181,6 +292,7 @@ class Scenario:
         rate: float = 40.0,
         stage_timeout: float = 150.0,
         check_requests: int = 200,
+        quality_act: bool = False,
     ) -> None:
         self.cluster = cluster
         self.view = view
@@ -190,15 +302,19 @@ class Scenario:
         self.rate = rate
         self.stage_timeout = stage_timeout
         self.check_requests = check_requests
+        self.quality_act = quality_act
         self.deployment = model
         self.monitor = f"{model}-drift"
+        self.quality_monitor = f"{model}-quality"
         self.runs = (f"{model}-logreg", f"{model}-forest")
         self.versions = (f"{model}-v1", f"{model}-v2")
+        self.fresh = f"{model}-v3"  # what the second act's retraining registers (next number)
         slow = "2m" if outcome == "rollback" else "5s"
         self.steps = [{"weight": 20, "pause": "10s"}, {"weight": 50, "pause": slow}]
         self.result = Result(outcome, model, time.time())
         self.objects: dict[str, dict[str, Obj]] = {kind: {} for kind in KINDS}
         self.traffic: Traffic | None = None
+        self.feedback: Feedback | None = None
         self._client: Cluster | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._history_seen = 0
@@ -262,7 +378,7 @@ class Scenario:
     def _narrate(self) -> None:
         history = self.status("Deployment", self.deployment).get("history") or []
         for entry in history[self._history_seen :]:
-            style = "red" if entry["event"] in ("DriftDetected", "ErrorRateExceeded") else "green"
+            style = "red" if entry["event"] in ROLLBACK_EVENTS else "green"
             self.view.say(f"Deployment {self.deployment}: {entry['message']}", style)
         self._history_seen = max(self._history_seen, len(history))
         for kind in ("TrainingRun", "ModelVersion", "DriftMonitor"):
@@ -273,8 +389,10 @@ class Scenario:
                     continue
                 self._phases[(kind, name)] = phase
                 if kind == "DriftMonitor":
-                    if phase == "Drifted":
-                        self.view.say(f"DriftMonitor {name} fired: {status.get('message')}", "red")
+                    if phase in ("Drifted", "Underperforming"):
+                        self.view.say(
+                            f"DriftMonitor {name} {phase}: {status.get('message')}", "red"
+                        )
                     elif phase == "Healthy":
                         features = status.get("features") or []
                         drifted = sum(bool(f.get("drifted")) for f in features)
@@ -287,6 +405,12 @@ class Scenario:
                     made = status.get("modelVersion")
                     extra = f" -> ModelVersion {made}" if made else ""
                     self.view.say(f"TrainingRun {name} {phase}: {status.get('message')}{extra}")
+                elif kind == "TrainingRun" and phase == "Running":
+                    meta = obj.get("metadata") or {}
+                    trigger = (meta.get("annotations") or {}).get(TRIGGER_ANNOTATION)
+                    if trigger:
+                        uri = (obj.get("spec") or {}).get("dataset", {}).get("uri")
+                        self.view.say(f"TrainingRun {name} Running (trigger: {trigger}) on {uri}")
                 elif kind == "ModelVersion" and phase == "Ready":
                     self.view.say(f"ModelVersion {name} Ready: {status.get('message')}")
 
@@ -300,6 +424,8 @@ class Scenario:
         finally:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
+            if self.feedback is not None:
+                await self.feedback.stop()
             if self.traffic is not None:
                 await self.traffic.stop()
                 self.result.traffic = self.traffic.stats
@@ -379,9 +505,13 @@ class Scenario:
             await self._rollback(v1, v2)
         else:
             await self._promotion(v2)
-        await self._check()
+        self.result.after = await self._check(self.result.expected_version)
+        if self.quality_act:
+            await self._second_act(client, url, frame, bucket)
 
     async def _trained(self, run: str, version: str) -> None:
+        """Wait until ``run`` succeeded, registering ``version``, and that version is Ready."""
+
         def done() -> str | None:
             phase = self.status("TrainingRun", run).get("phase")
             if phase == "Failed":
@@ -389,6 +519,9 @@ class Scenario:
             return str(phase) if phase == "Succeeded" else None
 
         await self.until(f"TrainingRun {run} to succeed", done)
+        made = self.status("TrainingRun", run).get("modelVersion")
+        if made != version:
+            raise ScenarioError(f"TrainingRun {run} registered {made}, not {version}")
         self.mark(f"{version} trained")
         await self.until(
             f"ModelVersion {version} Ready",
@@ -396,8 +529,8 @@ class Scenario:
         )
         self.mark(f"{version} Ready")
 
-    async def _step(self, index: int, canary: str) -> None:
-        weight = self.steps[index]["weight"]
+    async def _step(self, index: int, canary: str, stage: str = "") -> None:
+        """Wait until ``canary`` is in step ``index`` (0-based); mark it as ``stage``."""
         await self.until(
             f"canary {canary} step {index + 1}",
             lambda: (
@@ -405,7 +538,7 @@ class Scenario:
                 and s.get("step") == index
             ),
         )
-        self.mark(f"canary step {index + 1} ({weight}%)")
+        self.mark(stage or f"canary step {index + 1} ({self.steps[index]['weight']}%)")
 
     async def _rollback(self, stable: str, canary: str) -> None:
         assert self.traffic is not None
@@ -447,17 +580,163 @@ class Scenario:
         self.result.expected_version = expected
         self.mark(label)
 
-    async def _check(self) -> None:
+    async def _check(self, expected: str, stage: str = "") -> list[Answer]:
         """After the routing change reached the pods (watch latency), who answers?"""
         assert self.traffic is not None
         await asyncio.sleep(1.0)
-        self.result.after = await self.traffic.batch(self.check_requests)
-        served = sum(a.version == self.result.expected_version for a in self.result.after)
+        after = await self.traffic.batch(self.check_requests)
+        served = sum(a.version == expected for a in after)
         self.mark(
-            f"{len(self.result.after)} answers checked",
-            f"Checked: {served}/{len(self.result.after)} answers from "
-            f"{self.result.expected_version}",
-            "bold green" if served == len(self.result.after) else "bold red",
+            stage or f"{len(after)} answers checked",
+            f"Checked: {served}/{len(after)} answers from {expected}",
+            "bold green" if served == len(after) else "bold red",
+        )
+        return after
+
+    # -- the second act: live quality falls, retrain on fresh data, canary analysis, promotion --
+
+    async def _second_act(
+        self, client: Cluster, url: str, frame: pd.DataFrame, bucket: str
+    ) -> None:
+        assert self.traffic is not None
+        stable = self.result.expected_version
+        fresh = self.fresh
+        store = self.cluster.store()
+        # 1: the world changes; its labelled data lands under the prefix the monitor retrains on
+        world = relabelled(frame)
+        prefix = f"datasets/{self.model}/"
+        key = f"{prefix}season-2.csv"
+        await asyncio.to_thread(
+            store.put, Location(bucket, key), world.to_csv(index=False).encode()
+        )
+        uri = f"s3://{bucket}/{key}"
+        act = self.result.second = SecondAct(time.time(), stable, uri)
+        self.traffic.drift_canary = False
+        self.traffic.labels = world[TARGET].tolist()
+        self.feedback = Feedback(url, self.model, self.traffic.stats)
+        self.feedback.start()
+        changed = int((world[TARGET] != frame[TARGET]).sum())
+        self.mark(
+            "act 2: the concept drifts",
+            f"Act 2. The world changes: a new guide names the flowers ({changed}/{len(frame)} "
+            f"iris get another name; the measurements, so the inputs, stay the same). Clients "
+            f"now send each true label back to /v2/models/{self.model}/feedback by request id "
+            f"a second after the answer; the new guide's labelled flowers land at {uri}",
+            "bold",
+        )
+        # 2: watch stable's live quality; require the canary's to be not worse than stable's
+        await client.create(
+            quality_monitor(
+                self.quality_monitor, self.deployment, self.model, f"s3://{bucket}/{prefix}"
+            )
+        )
+        steps = [{"weight": 20, "pause": "10s"}, {"weight": 50, "pause": "10s"}]
+        canary = {"version": "latest", "steps": steps, "analysis": ANALYSIS}
+        await client.patch(
+            API_VERSION, "Deployment", NAMESPACE, self.deployment, {"spec": {"canary": canary}}
+        )
+        estimator, _ = FOREST
+        self.view.say(
+            f"Applied DriftMonitor {self.quality_monitor} (stable's live accuracy vs its held-out "
+            f"accuracy, maxDegradation {MAX_DEGRADATION}, {QUALITY_LABELS} labels; "
+            f"action: retrain {estimator} on the newest data under s3://{bucket}/{prefix}); "
+            f"patched Deployment {self.deployment}: canary analysis (margin {ANALYSIS['margin']}, "
+            f"{ANALYSIS['minLabels']} labels each, window {ANALYSIS['window']}), steps 20% 10s "
+            "-> 50% 10s"
+        )
+        # 3: stable's live quality falls; the monitor fires and retrains
+        monitor = await self.until(
+            f"DriftMonitor {self.quality_monitor} to find {stable} underperforming",
+            lambda: self._quality_verdict(stable, "True"),
+        )
+        act.fired_at = time.time()
+        act.fell = dict(monitor.get("quality") or {})
+        act.fired = str(monitor.get("message") or "")
+        act.client_accuracy = self.traffic.stats.accuracy(stable, since=act.started)
+        seen, judged = act.client_accuracy
+        features = monitor.get("features") or []
+        drifted = sum(bool(f.get("drifted")) for f in features)
+        inputs = (
+            f"its inputs show no drift (0/{len(features)} features): only the labels tell"
+            if not drifted
+            else f"{drifted}/{len(features)} features of its inputs drifted too"
+        )
+        self.mark(
+            "stable quality fell",
+            f"{stable}'s live accuracy fell to {number(act.fell.get('value'))} on "
+            f"{act.fell.get('labels')} labels (held-out {number(_baseline(act.fell))}; the "
+            f"clients' own tally: {number(seen)} on {judged} answers), while {inputs}",
+            "bold red",
+        )
+        act.retrain = await self.until(
+            f"DriftMonitor {self.quality_monitor} to start a retraining run",
+            lambda: self.status("DriftMonitor", self.quality_monitor).get("lastRetrain"),
+        )
+        trigger = self.status("DriftMonitor", self.quality_monitor).get("lastTrigger")
+        self.mark(
+            f"retrain started (trigger: {trigger})",
+            f"TrainingRun {act.retrain} started by the quality rule (trigger: {trigger})",
+        )
+        # 4: the new version, canaried with quality analysis, promoted
+        await self._trained(act.retrain, fresh)
+        act.version = fresh
+        await self._step(0, fresh, f"{fresh} canary step 1 ({steps[0]['weight']}%)")
+        await self._step(1, fresh, f"{fresh} step 2 ({steps[1]['weight']}%): analysis passed")
+        self._say_analysis()
+        await self.until(
+            f"{self.deployment} to promote {fresh}",
+            lambda: (
+                (s := self.status("Deployment", self.deployment)).get("phase") == "Promoted"
+                and s.get("stableVersion") == fresh
+            ),
+        )
+        act.finished_at = time.time()
+        history = self.status("Deployment", self.deployment).get("history") or [{}]
+        act.promotion = dict(history[-1])
+        self.mark(f"{fresh} promoted")
+        self._say_analysis()
+        act.after = await self._check(fresh, f"answers from {fresh} checked")
+        # 5: the monitor now watches the new stable version: quality is back
+        healthy = await self.until(
+            f"DriftMonitor {self.quality_monitor} to find {fresh} healthy",
+            lambda: self._quality_verdict(fresh, "False"),
+        )
+        act.recovered = dict(healthy.get("quality") or {})
+        self.mark(
+            "quality recovered",
+            f"DriftMonitor {self.quality_monitor}: {fresh}, now stable, is healthy: live "
+            f"accuracy {number(act.recovered.get('value'))} on {act.recovered.get('labels')} "
+            "labels",
+            "bold green",
+        )
+
+    def _quality_verdict(self, version: str, underperforming: str) -> Obj | None:
+        """The quality monitor's status once its ``Underperforming`` condition on ``version``
+        is ``underperforming`` (``"True"``, ``"False"``); None until then."""
+        status = self.status("DriftMonitor", self.quality_monitor)
+        under: Obj = next(
+            (c for c in status.get("conditions") or [] if c.get("type") == "Underperforming"), {}
+        )
+        if status.get("version") == version and under.get("status") == underperforming:
+            return status
+        return None
+
+    def _say_analysis(self) -> None:
+        """Narrate the numbers of the Deployment's last decision taken on a quality analysis."""
+        history = self.status("Deployment", self.deployment).get("history") or []
+        entry = next((h for h in reversed(history) if h.get("analysis")), None)
+        if entry is None:
+            return
+        a = entry["analysis"]
+        taken = "promoted" if entry.get("event") == "Promoted" else "next step taken"
+        p = p_value(a.get("pNotWorse"))
+        self.view.say(
+            f"Canary analysis: {a.get('canaryVersion')} {a.get('metric')} "
+            f"{number(a.get('canaryValue'))} on {a.get('canaryLabels')} labels vs "
+            f"{a.get('stableVersion')} {number(a.get('stableValue'))} on "
+            f"{a.get('stableLabels')}: non-inferior at margin {a.get('margin')} "
+            f"(p{'' if p.startswith('<') else '='}{p}): {taken}",
+            "green",
         )
 
     def _service_url(self) -> str | None:
@@ -472,3 +751,23 @@ def _model_of(kind: str, obj: Obj) -> str | None:
     if kind == "DriftMonitor":
         return str(spec.get("deployment"))  # the demo's deployments are named as their models
     return spec.get("model")
+
+
+ROLLBACK_EVENTS = frozenset(
+    {
+        "DriftDetected",
+        "ErrorRateExceeded",
+        "Underperforming",
+        "AnalysisInconclusive",
+        "CanaryLoadFailed",
+        "ABTestLost",
+        "ABTestInconclusive",
+        "ShadowDisagrees",
+    }
+)
+"""History events narrated in red: a canary rolled back."""
+
+
+def _baseline(quality: Obj) -> Any:
+    """The held-out (or stable) value a quality status's baseline test compared with."""
+    return (quality.get("baseline") or {}).get("against")
