@@ -1,5 +1,6 @@
 """The operator's API client against a scripted HTTP server: retries, Retry-After, re-login
-(kubeconfig token files and exec plugins), SSA, and the watch (resume, bookmarks, 410, back-off).
+(kubeconfig token files and exec plugins), kubeconfig contexts, SSA, and the watch (resume,
+bookmarks, 410, back-off).
 """
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -18,7 +20,13 @@ import kopf
 import pytest
 from aiohttp import web
 
-from modelops.controllers.cluster import ApiError, Cluster, WatchEvent
+from modelops.controllers.cluster import (
+    ApiError,
+    Cluster,
+    WatchEvent,
+    _from_kubeconfig,
+    kubeconfig_files,
+)
 from modelops.controllers.status import finite
 
 Answer = Callable[[web.Request], web.Response]
@@ -356,8 +364,122 @@ async def test_a_failing_exec_plugin_is_an_api_error_with_no_answer(
 
 
 def test_no_service_account_and_no_kubeconfig_is_a_login_error(tmp_path: Path) -> None:
-    with pytest.raises(kopf.LoginError):
+    with pytest.raises(kopf.LoginError, match="no kubeconfig at"):
         Cluster.login(environ={"KUBECONFIG": str(tmp_path / "absent")})
+
+
+def contexts(path: Path, url: str, bob: dict[str, Any]) -> Path:
+    """Two contexts: ``a`` (current), alice on cluster ``one`` (https, its CA and alice's
+    certificate named relative to the kubeconfig), no namespace; ``b``, ``bob`` on cluster
+    ``two`` at ``url``, namespace ``shop``."""
+    for name in ("ca.crt", "alice.crt", "alice.key"):
+        (path.parent / name).write_text("")
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "a",
+        "clusters": [
+            {"name": "one",
+             "cluster": {"server": "https://one:6443/", "certificate-authority": "ca.crt"}},
+            {"name": "two", "cluster": {"server": url}},
+        ],
+        "users": [
+            {"name": "alice",
+             "user": {"client-certificate": "alice.crt", "client-key": "alice.key",
+                      "token": "alice-token"}},
+            {"name": "bob", "user": bob},
+        ],
+        "contexts": [
+            {"name": "a", "context": {"cluster": "one", "user": "alice"}},
+            {"name": "b", "context": {"cluster": "two", "user": "bob", "namespace": "shop"}},
+        ],
+    }  # fmt: skip
+    path.write_text(json.dumps(config))
+    return path
+
+
+async def test_a_named_context_gives_its_server_user_and_namespace(
+    server: tuple[Script, str], tmp_path: Path
+) -> None:
+    script, url = server
+    path = contexts(tmp_path / "config", url, {"token": "bob-token"})
+    api = Cluster.from_kubeconfig(path, context="b")
+    assert (api.server, api.namespace) == (url, "shop")  # known before logging in
+    script.answers = [ok({})]
+    try:
+        await api.get("v1", "ConfigMap", "shop", "x")
+    finally:
+        await api.close()
+    assert [(p, h["Authorization"]) for _, p, h, _ in script.seen] == [
+        ("/api/v1/namespaces/shop/configmaps/x", "Bearer bob-token")
+    ]
+    assert (api.server, api.namespace) == (url, "shop")
+
+
+async def test_without_a_context_the_current_one_is_used(
+    server: tuple[Script, str], tmp_path: Path
+) -> None:
+    _, url = server
+    path = contexts(tmp_path / "config", url, {"token": "bob-token"})
+    api = Cluster.from_kubeconfig(path)
+    assert (api.server, api.namespace) == ("https://one:6443", None)
+    config = await _from_kubeconfig(str(path), "a")  # what it logs in with
+    assert (config.host, config.api_key["BearerToken"]) == (
+        "https://one:6443",
+        "Bearer alice-token",
+    )
+    # files named in the kubeconfig are relative to it
+    assert (config.ssl_ca_cert, config.cert_file) == (
+        str(tmp_path / "ca.crt"),
+        str(tmp_path / "alice.crt"),
+    )
+
+
+async def test_a_named_contexts_exec_plugin_gives_the_token(
+    server: tuple[Script, str], tmp_path: Path
+) -> None:
+    script, url = server
+    plugin = tmp_path / "plugin.py"
+    plugin.write_text(
+        "import json\n"
+        "print(json.dumps({'apiVersion': 'client.authentication.k8s.io/v1', "
+        "'kind': 'ExecCredential', 'status': {'token': 'from-exec'}}))\n"
+    )
+    api = Cluster.from_kubeconfig(contexts(tmp_path / "config", url, exec_user(plugin)), "b")
+    script.answers = [ok({})]
+    try:
+        await api.get("v1", "ConfigMap", "shop", "x")
+    finally:
+        await api.close()
+    assert [h["Authorization"] for _, _, h, _ in script.seen] == ["Bearer from-exec"]
+
+
+def test_an_unknown_context_is_named_with_those_there_are(tmp_path: Path) -> None:
+    path = contexts(tmp_path / "config", "http://127.0.0.1:1", {})
+    with pytest.raises(kopf.LoginError) as failed:
+        Cluster.from_kubeconfig(path, context="nope")
+    assert str(failed.value) == f"context 'nope' is not in kubeconfig {path} (its contexts: a, b)"
+    config = json.loads(path.read_text())
+    del config["current-context"]
+    path.write_text(json.dumps(config))
+    with pytest.raises(kopf.LoginError, match=r"has no current-context.*: a, b$"):
+        Cluster.from_kubeconfig(path)
+    assert Cluster.from_kubeconfig(path, context="b").namespace == "shop"
+
+
+def test_merged_kubeconfigs_take_the_first_current_context_and_name(tmp_path: Path) -> None:
+    first = kubeconfig(tmp_path / "first", "http://first", {"token": "1"})
+    second = contexts(tmp_path / "second", "http://second", {})
+    merged = os.pathsep.join(map(str, [tmp_path / "absent", first, second]))
+    assert Cluster.from_kubeconfig(merged).server == "http://first"  # current-context x
+    assert Cluster.from_kubeconfig(merged, "b").server == "http://second"
+
+
+def test_the_kubeconfig_files_are_kubectls(tmp_path: Path) -> None:
+    env = {"KUBECONFIG": f"a{os.pathsep}b"}
+    assert kubeconfig_files("given", env) == "given"
+    assert kubeconfig_files(None, env) == f"a{os.pathsep}b"
+    assert kubeconfig_files(None, {}) == str(Path.home() / ".kube" / "config")
 
 
 async def test_a_watch_lists_then_resumes_from_the_last_event_without_listing_again(

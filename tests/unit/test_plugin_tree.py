@@ -1,10 +1,9 @@
-"""``kubectl modelops`` without a cluster: the Deployment tree, names, kubeconfig, errors."""
+"""``kubectl modelops`` without a cluster: the Deployment tree, names, errors (the kubeconfig:
+``tests/unit/test_cluster_client.py``)."""
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-import stat
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,6 @@ import yaml
 
 from modelops.api.driftmonitor import DriftMonitorSpec
 from modelops.insight import plugin
-from modelops.insight.kubeconfig import KubeconfigError, load
 from modelops.insight.plugin import MONITOR_KINDS, UserError, object_name, target_version
 from modelops.insight.tree import Snapshot, render_text
 
@@ -174,64 +172,30 @@ def test_target_version_follows_the_canary_while_it_takes_traffic() -> None:
     assert target_version(spec, live | {"phase": "Stable"}) == "iris-v1"
 
 
-def write_kubeconfig(path: Path, users: dict[str, dict[str, Any]]) -> Path:
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "current-context": "a",
-        "clusters": [
-            {"name": "one",
-             "cluster": {"server": "https://one:6443", "certificate-authority": "ca.crt"}},
-            {"name": "two", "cluster": {"server": "https://two:6443"}},
-        ],
-        "users": [{"name": name, "user": user} for name, user in users.items()],
-        "contexts": [
-            {"name": "a", "context": {"cluster": "one", "user": "alice"}},
-            {"name": "b", "context": {"cluster": "two", "user": "bob", "namespace": "shop"}},
-        ],
-    }  # fmt: skip
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def test_kubeconfig_context_picks_server_user_and_namespace(tmp_path: Path) -> None:
-    users = {"alice": {"client-certificate": "alice.crt", "client-key": "alice.key"},
-             "bob": {"token": "bob-token"}}  # fmt: skip
-    path = write_kubeconfig(tmp_path / "config", users)
-    current = load(str(path))
-    assert (current.info.server, current.namespace) == ("https://one:6443", "default")
-    assert current.info.ca_path == str(tmp_path / "ca.crt")  # relative to the kubeconfig
-    assert current.info.certificate_path == str(tmp_path / "alice.crt")
-    other = load(str(path), context="b")
-    assert (other.info.server, other.info.token, other.namespace) == (
-        "https://two:6443",
-        "bob-token",
-        "shop",
-    )
-
-
-def test_kubeconfig_exec_plugin_gives_the_token(tmp_path: Path) -> None:
-    script = tmp_path / "credential"
-    credential = {"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential",
-                  "status": {"token": "from-exec"}}  # fmt: skip
-    script.write_text(f"#!/bin/sh\necho '{json.dumps(credential)}'\n")
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    users = {"alice": {"exec": {"apiVersion": "client.authentication.k8s.io/v1",
-                                "command": str(script)}}, "bob": {}}  # fmt: skip
-    login = load(str(write_kubeconfig(tmp_path / "config", users)))
-    assert login.info.token == "from-exec"
-
-
-def test_kubeconfig_unknown_context_is_named(tmp_path: Path) -> None:
-    path = write_kubeconfig(tmp_path / "config", {"alice": {}, "bob": {}})
-    with pytest.raises(KubeconfigError, match="context 'nope' is not in"):
-        load(str(path), context="nope")
-
-
 def test_a_user_error_is_one_line_and_exit_status_1(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     missing = tmp_path / "absent"
     assert plugin.main(["status", "iris", "--kubeconfig", str(missing)]) == 1
     err = capsys.readouterr().err
-    assert err == f"error: kubeconfig {missing} does not exist\n"
+    assert err == f"error: no kubeconfig at {missing}\n"
+
+
+def test_an_unknown_context_is_one_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "clusters": [{"name": "c", "cluster": {"server": "https://c:6443"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "a", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "a",
+            }
+        )
+    )
+    argv = ["status", "iris", "--kubeconfig", str(config), "--context", "nope"]
+    assert plugin.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err == f"error: context 'nope' is not in kubeconfig {config} (its contexts: a)\n"

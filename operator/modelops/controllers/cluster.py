@@ -51,8 +51,9 @@ from urllib.parse import urlencode
 import aiohttp
 import kopf
 from kubernetes_asyncio.client import ApiClient, Configuration
-from kubernetes_asyncio.config import list_kube_config_contexts, load_kube_config
+from kubernetes_asyncio.config import load_kube_config
 from kubernetes_asyncio.config.incluster_config import InClusterConfigLoader
+from kubernetes_asyncio.config.kube_config import KubeConfigMerger
 
 logger = logging.getLogger(__name__)
 
@@ -224,11 +225,68 @@ def _in_cluster(environ: Mapping[str, str], service_account: Path) -> Configurat
     return _trimmed(config)
 
 
-async def _from_kubeconfig(files: str) -> Configuration:
-    """The current context of the kubeconfig ``files`` (``os.pathsep``-joined, merged)."""
+def kubeconfig_files(
+    explicit: str | Path | None = None, environ: Mapping[str, str] | None = None
+) -> str:
+    """The kubeconfig files to read, as kubectl picks them: ``explicit`` (``--kubeconfig``),
+    else ``$KUBECONFIG`` (several files joined by ``os.pathsep``, merged), else
+    ``~/.kube/config``; one string, as :meth:`Cluster.from_kubeconfig` takes it."""
+    env = os.environ if environ is None else environ
+    return str(explicit or env.get("KUBECONFIG") or Path.home() / ".kube" / "config")
+
+
+def _kubeconfig_context(files: str, context: str | None) -> tuple[str, str | None, str]:
+    """The context :meth:`Cluster.from_kubeconfig` logs in with: its name, its namespace (None
+    when it names none) and its cluster's server URL.
+
+    The files are merged by the library's own merger, as :func:`load_kube_config` merges them
+    (the first file to name a context, cluster or user wins); ``current-context`` is the first
+    file's that sets one, as kubectl takes it (the library would take the last). Raises
+    ``kopf.LoginError`` naming what is missing or unknown.
+    """
+    missing = kopf.LoginError(f"no kubeconfig at {files}")
+    if not any(Path(f).expanduser().is_file() for f in files.split(os.pathsep) if f):
+        raise missing
+    try:
+        merger = KubeConfigMerger(files)
+        if (merged := merger.config) is None:
+            raise missing
+        contexts = merged["contexts"]
+        known = ", ".join(str(c["name"]) for c in contexts.value) or "none"
+        current = [
+            c["current-context"]
+            for c in merger.config_files.values()
+            if c and c.get("current-context")
+        ]
+        name = context or (str(current[0]) if current else "")
+        if not name:
+            raise kopf.LoginError(
+                f"kubeconfig {files} has no current-context; name one of its contexts: {known}"
+            )
+        if (found := contexts.get_with_name(name, safe=True)) is None:
+            raise kopf.LoginError(
+                f"context {name!r} is not in kubeconfig {files} (its contexts: {known})"
+            )
+        spec = found["context"]
+        if (cluster := merged["clusters"].get_with_name(spec["cluster"], safe=True)) is None:
+            raise kopf.LoginError(
+                f"context {name!r} names cluster {spec['cluster']!r}, not in kubeconfig {files}"
+            )
+        server = str(cluster["cluster"].safe_get("server") or "").rstrip("/")
+        namespace = spec.safe_get("namespace")
+    except kopf.LoginError:
+        raise
+    except Exception as exc:  # the library raises ConfigException, KeyError, yaml errors
+        raise kopf.LoginError(f"kubeconfig {files}: {exc}") from exc
+    return name, str(namespace) if namespace else None, server
+
+
+async def _from_kubeconfig(files: str, context: str | None = None) -> Configuration:
+    """The ``context`` (default: the current one) of the kubeconfig ``files``
+    (``os.pathsep``-joined, merged)."""
     config = Configuration()
     loader = await load_kube_config(
-        config_file=files, client_configuration=config, persist_config=False
+        config_file=files, context=context, client_configuration=config, persist_config=False
     )
     if hasattr(loader, "exec_plugin_expiry"):
         # An exec credential that says when it expires: run the plugin again before then (the
@@ -301,24 +359,34 @@ class Cluster:
             with contextlib.suppress(OSError):
                 cluster.namespace = (service_account / "namespace").read_text().strip() or None
             return cluster
-        return cls.from_kubeconfig(env.get("KUBECONFIG") or Path.home() / ".kube" / "config")
+        try:
+            return cls.from_kubeconfig(kubeconfig_files(environ=env))
+        except kopf.LoginError as exc:
+            raise kopf.LoginError(f"no service account, and {exc}") from exc
 
     @classmethod
-    def from_kubeconfig(cls, files: str | Path) -> Cluster:
-        """The current context of a kubeconfig (``files``: one path, or several joined by
-        ``os.pathsep``, merged as kubectl does); loaded on first use and after a 401.
+    def from_kubeconfig(
+        cls, files: str | Path | None = None, context: str | None = None
+    ) -> Cluster:
+        """A context of a kubeconfig, as kubectl picks it; loaded on first use and after a 401.
 
-        Raises ``kopf.LoginError`` when no such file exists or it has no current context.
+        ``files``: one path, or several joined by ``os.pathsep`` and merged as kubectl merges
+        them (the first file to name a context, cluster or user, or to set
+        ``current-context``, wins; missing files are skipped); None: kubectl's default,
+        ``$KUBECONFIG``, else ``~/.kube/config`` (:func:`kubeconfig_files`). ``context``: the
+        context to use (kubectl's ``--context``); None: ``current-context``. The cluster's
+        ``namespace`` is that context's (None when it names none) and ``server`` the URL of
+        its cluster. Users log in as the library lets them: token, ``tokenFile``, client
+        certificate, basic auth, exec plugin, OIDC.
+
+        Raises ``kopf.LoginError`` (naming the files) when none of the files exists or one
+        cannot be read, when the context is unknown (naming it and the contexts there are) or
+        there is none, or when it names an unknown cluster.
         """
-        files = str(files)
-        if not any(Path(f).expanduser().is_file() for f in files.split(os.pathsep) if f):
-            raise kopf.LoginError(f"no service account and no kubeconfig at {files}")
-        try:
-            _, current = list_kube_config_contexts(files)
-        except Exception as exc:  # the library raises ConfigException, KeyError, yaml errors
-            raise kopf.LoginError(f"kubeconfig {files}: {exc}") from exc
-        cluster = cls(None, relogin=partial(_from_kubeconfig, files))
-        cluster.namespace = ((current or {}).get("context") or {}).get("namespace")
+        files = kubeconfig_files(files)
+        name, namespace, server = _kubeconfig_context(files, context)
+        cluster = cls(None, relogin=partial(_from_kubeconfig, files, name))
+        cluster.namespace, cluster.server = namespace, server
         return cluster
 
     async def connect(self) -> None:

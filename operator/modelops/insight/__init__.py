@@ -8,6 +8,5 @@
   model card, JSON and one self-contained HTML page (pure);
 - :mod:`modelops.insight.reproduce`: ``reproduce``: train a version again from its lineage
   and compare predictions on its probe rows;
-- :mod:`modelops.insight.kubeconfig`: the user's kubeconfig -> API credentials;
 - :mod:`modelops.insight.plugin`: ``kubectl modelops`` (console script ``kubectl-modelops``).
 """

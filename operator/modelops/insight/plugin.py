@@ -3,7 +3,8 @@
 Installed as the console script ``kubectl-modelops``, so kubectl runs it as a plugin
 (``kubectl modelops status iris``); ``modelops report``, ``modelops card`` and
 ``modelops reproduce`` are the same commands. It talks only to the Kubernetes API, with the
-user's kubeconfig and RBAC (see :mod:`modelops.insight.kubeconfig`), and — for ``report``,
+user's kubeconfig and RBAC (read as kubectl reads it:
+:meth:`~modelops.controllers.cluster.Cluster.from_kubeconfig`), and — for ``report``,
 ``card``, ``reproduce`` and ``retrain`` of a dataset prefix — to the object store, with
 ``MODELOPS_S3_ENDPOINT``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` (optional
 ``MODELOPS_S3_SECURE``, ``MODELOPS_BUCKET``).
@@ -28,6 +29,7 @@ import copy
 import dataclasses
 import datetime as dt
 import json
+import logging
 import os
 import sys
 import time
@@ -35,6 +37,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import kopf
 from minio.error import S3Error
 from pydantic import ValidationError
 from urllib3.exceptions import HTTPError
@@ -43,7 +46,6 @@ from modelops import API_VERSION, GROUP
 from modelops.api.common import parse_duration
 from modelops.api.driftmonitor import DriftMonitorSpec
 from modelops.controllers.cluster import ApiError, Cluster
-from modelops.insight.kubeconfig import KubeconfigError, load
 from modelops.insight.tree import Snapshot, build_tree, render_text
 from modelops.storage import ArtifactError, ArtifactStore, Location
 
@@ -94,7 +96,9 @@ def build_parser(prog: str = "kubectl modelops") -> argparse.ArgumentParser:
     """The command line (``prog`` names it in help: ``kubectl modelops`` or ``modelops``)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-n", "--namespace", help="namespace (default: the context's)")
-    common.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG)")
+    common.add_argument(
+        "--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, else ~/.kube/config)"
+    )
     common.add_argument("--context", help="kubeconfig context (default: current-context)")
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -173,6 +177,9 @@ def main(argv: list[str] | None = None, prog: str = "kubectl modelops") -> int:
     """Run one command; returns the exit status (0, 1 for user errors, 2 for usage)."""
     args = build_parser(prog).parse_args(argv)
     command: Callable[[Session, argparse.Namespace], Awaitable[int]] = args.run
+    # The library logs a failing exec credential plugin before raising; the error is then
+    # told once, as our own line.
+    logging.getLogger("kubernetes_asyncio.config.kube_config").setLevel(logging.CRITICAL)
     try:
         return asyncio.run(_with_session(command, args))
     except UserError as exc:
@@ -186,16 +193,25 @@ async def _with_session(
     command: Callable[[Session, argparse.Namespace], Awaitable[int]], args: argparse.Namespace
 ) -> int:
     try:
-        login = load(args.kubeconfig, args.context)
-    except KubeconfigError as exc:
-        raise UserError(str(exc)) from None
-    session = Session(Cluster(login.info), args.namespace or login.namespace, login.info.server)
+        cluster = Cluster.from_kubeconfig(args.kubeconfig, args.context)
+    except kopf.LoginError as exc:
+        raise UserError(_one_line(str(exc))) from None
+    session = Session(cluster, args.namespace or cluster.namespace or "default")
     try:
+        try:
+            await cluster.connect()  # the credentials now: a failing exec plugin says so
+        except ApiError as exc:
+            raise UserError(_one_line(f"{exc.body} (API server {cluster.server})")) from None
         return await command(session, args)
     except ApiError as exc:
         raise UserError(session.explain(exc)) from None
     finally:
         await session.cluster.close()
+
+
+def _one_line(text: str) -> str:
+    """``text`` (a library's message: YAML marks, a plugin's stderr) on one line."""
+    return " ".join(text.split())[:500]
 
 
 def object_name(ref: str, kinds: frozenset[str], kind: str) -> str:
@@ -214,10 +230,14 @@ def object_name(ref: str, kinds: frozenset[str], kind: str) -> str:
 class Session:
     """The API client, the namespace, and one-line explanations of API errors."""
 
-    def __init__(self, cluster: Cluster, namespace: str, server: str) -> None:
+    def __init__(self, cluster: Cluster, namespace: str) -> None:
         self.cluster = cluster
         self.namespace = namespace
-        self.server = server
+
+    @property
+    def server(self) -> str:
+        """The API server's URL (the kubeconfig context's cluster)."""
+        return self.cluster.server
 
     async def get(self, kind: str, name: str) -> dict[str, Any]:
         """The object; UserError naming it and the namespace when it does not exist."""
