@@ -12,6 +12,22 @@ etcd + kube-apiserver with RBAC, as in a cluster; the PATCH included, the server
 its ServiceAccount with the serving Role) and with the routing file (polled).
 ``--rollback-only`` skips the load runs.
 
+The same run also compares, each side by side (alternated ``--pairs`` times, LR 1-row, c16):
+
+- the full server with a no-op handler on the same HTTP stack (the server process answers
+  ``POST /bench/noop`` with a constant JSON before its dispatch: ``bench_http_stack.py``
+  starts it), and prints full / no-op;
+- gRPC with REST on the same server: ModelInfer on its ``--grpc-port``, driven by ghz (built
+  once with ``go install`` into ``${MODELOPS_CACHE:-~/.cache/modelops}/ghz-<version>``; the
+  service described by the descriptors tritonclient ships compiled), or, if ghz cannot be
+  built, by a multi-process tritonclient loop (said so in the output);
+- MLServer serving the same model (joblib) with adaptive batching and ``--workers`` parallel
+  workers, from its own venv ``${MODELOPS_CACHE:-~/.cache/modelops}/mlserver-venv`` (created
+  with ``python -m venv`` and pip on first use), for each of ``--mlserver-batching``; prints
+  our / MLServer at its best setting. What cannot be installed or started is said, not faked.
+
+``--parts`` picks what to run (cells, noop, grpc, mlserver, rollback).
+
 Numbers are printed, never asserted: they depend on the machine and on what else runs on it.
 """
 
@@ -19,6 +35,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import contextlib
+import copy
 import json
 import os
 import resource
@@ -30,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -43,6 +63,8 @@ from sklearn.datasets import make_classification
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "tests")]
+
+from bench_http_stack import NOOP_PATH, idle_estimate  # noqa: E402
 
 from modelops.local.controlplane import ControlPlane  # noqa: E402
 from modelops.local.s3server import S3Server  # noqa: E402
@@ -63,6 +85,7 @@ MODELS = {
     "logreg": ("LogisticRegression", {"max_iter": 1000}),
     "forest": ("RandomForestClassifier", {"n_estimators": 50}),
 }
+PARTS = ("cells", "noop", "grpc", "mlserver", "rollback")
 # (model, rows, concurrency) -> (min req/s, max p99 ms); c1 cells: p50 vs the floor.
 TARGETS: dict[tuple[str, int, int], tuple[float, float | None]] = {
     ("logreg", 1, 16): (12_000, 5.0),
@@ -393,6 +416,505 @@ def report(cells: list[dict[str, Any]], floors: dict[tuple[str, int], float], wo
         )
 
 
+# -- comparisons: the no-op handler, gRPC, MLServer -------------------------------------------
+
+
+class Unavailable(Exception):
+    """Why a comparison cannot run on this machine (printed; the run goes on without it)."""
+
+
+def cache_dir() -> Path:
+    """``${MODELOPS_CACHE:-~/.cache/modelops}``, where built tools are kept between runs."""
+    return Path(os.environ.get("MODELOPS_CACHE") or Path.home() / ".cache" / "modelops")
+
+
+def _tail(text: str, lines: int = 6) -> str:
+    return " | ".join(text.strip().splitlines()[-lines:])
+
+
+def _median(runs: list[dict[str, Any]], field: str) -> float:
+    return float(statistics.median(r[field] for r in runs))
+
+
+def _failed(runs: list[dict[str, Any]]) -> str:
+    bad = sum(r["errors"] + r["non2xx"] for r in runs)
+    if not bad:
+        return ""
+    kinds = {k for r in runs for k in r.get("error_kinds", {})}
+    shown = f" ({'; '.join(sorted(kinds))[:300]})" if kinds else ""
+    return f"  ERRORS: {bad} failed requests{shown}: the numbers above are not valid"
+
+
+def noop_comparison(
+    wrk: str, server_url: str, server_pid: int, payload: bytes, args: argparse.Namespace
+) -> None:
+    """The full server against the no-op handler of the same process (same HTTP layer, same
+    workers; ``POST /bench/noop`` answered before the server's dispatch, see
+    ``bench_http_stack.with_noop``), LR 1-row c16, alternated ``--pairs`` times."""
+    full_url = f"{server_url}/v2/models/bench/infer"
+    noop_url = server_url + NOOP_PATH
+    full, noop = [], []
+    for _ in range(args.pairs):
+        full.append(run_wrk(wrk, full_url, payload, 16, args.duration, server_pid))
+        noop.append(run_wrk(wrk, noop_url, payload, 16, args.duration, server_pid))
+    ratios = [f["rps"] / n["rps"] for f, n in zip(full, noop, strict=True)]
+    ratio = statistics.median(ratios)
+    idle = statistics.median(
+        idle_estimate(f) / idle_estimate(n) for f, n in zip(full, noop, strict=True)
+    )
+    print(
+        f"\nfull server vs a no-op handler on the same HTTP stack (the hand-written layer, "
+        f"{args.workers} workers), same 1-row body, c16, {args.pairs} alternated pairs (medians):"
+    )
+    for what, runs in (("full server (LR 1-row)", full), ("no-op handler", noop)):
+        print(
+            f"  {what:24} {_median(runs, 'rps'):>8,.0f} req/s  p99 {_median(runs, 'p99'):6.2f} ms"
+            f"  server CPU {_median(runs, 'server_us'):5.0f} us/req{_failed(runs)}"
+        )
+    print(
+        f"  full / no-op: x{ratio:.3f} (pairs: {', '.join(f'{r:.3f}' for r in ratios)}); "
+        f"idle est. x{idle:.3f}; target >= 0.80: {'met' if ratio >= 0.8 else 'NOT met'}"
+    )
+
+
+# gRPC: ghz (built from its module with the Go toolchain, cached) on the protocol's service,
+# described by the descriptors tritonclient ships compiled (it ships no .proto files).
+GHZ_VERSION = "v0.121.0"
+GRPC_METHOD = "inference.GRPCInferenceService.ModelInfer"
+
+
+def ensure_ghz() -> Path:
+    """The cached ghz binary, built on first use (``go install ...@GHZ_VERSION``); raises
+    :class:`Unavailable` with the reason when it cannot be built."""
+    target = cache_dir() / f"ghz-{GHZ_VERSION}" / "ghz"
+    if target.exists():
+        return target
+    go = shutil.which("go")
+    if go is None:
+        raise Unavailable("no Go toolchain (go) on PATH to build ghz")
+    print(f"building ghz {GHZ_VERSION} into {target.parent} (first use) ...", flush=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        proc = subprocess.run(
+            [go, "install", f"github.com/bojand/ghz/cmd/ghz@{GHZ_VERSION}"],
+            env={**os.environ, "GOBIN": str(target.parent)},
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+    except subprocess.TimeoutExpired:
+        raise Unavailable("building ghz took over 30 minutes") from None
+    if proc.returncode != 0 or not target.exists():
+        raise Unavailable(f"go install ghz failed: {_tail(proc.stderr)}")
+    return target
+
+
+def triton_protoset(path: Path) -> Path:
+    """A FileDescriptorSet of ``grpc_service.proto`` and its dependency ``model_config.proto``,
+    from the descriptors compiled into ``tritonclient.grpc`` (what ``--protoset`` reads)."""
+    from google.protobuf import descriptor_pb2  # type: ignore[import-untyped]
+    from tritonclient.grpc import model_config_pb2, service_pb2
+
+    files = descriptor_pb2.FileDescriptorSet()
+    for module in (model_config_pb2, service_pb2):  # dependencies first
+        module.DESCRIPTOR.CopyToProto(files.file.add())
+    path.write_bytes(files.SerializeToString())
+    return path
+
+
+def infer_request(rows: np.ndarray) -> dict[str, Any]:
+    """A ModelInferRequest (protobuf JSON) for ``rows`` as one FP64 tensor, its data in
+    ``raw_input_contents`` (little-endian), as tritonclient sends it by default."""
+    raw = np.ascontiguousarray(rows, dtype="<f8").tobytes()
+    return {
+        "model_name": "bench",
+        "inputs": [{"name": "input-0", "datatype": "FP64", "shape": list(rows.shape)}],
+        "raw_input_contents": [base64.b64encode(raw).decode()],
+    }
+
+
+def _client_cpu() -> float:
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return children.ru_utime + children.ru_stime
+
+
+def run_ghz(
+    ghz: Path,
+    protoset: Path,
+    port: int,
+    rows: np.ndarray,
+    concurrency: int,
+    seconds: float,
+    server_pid: int,
+) -> dict[str, Any]:
+    """One ghz run (``concurrency`` workers on as many connections, so both server workers
+    get some, as wrk's connections do); the same fields as :func:`run_wrk`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp, "request.json")
+        data.write_text(json.dumps(infer_request(rows)))
+        server_before, client_before = process_cpu(server_pid), _client_cpu()
+        proc = subprocess.run(
+            [
+                str(ghz), "--insecure", "--protoset", str(protoset), "--call", GRPC_METHOD,
+                "-D", str(data), "-c", str(concurrency), "--connections", str(concurrency),
+                "-z", f"{max(1, round(seconds))}s", "--duration-stop", "ignore", "-O", "json",
+                f"127.0.0.1:{port}",
+            ],
+            capture_output=True,
+            text=True,
+        )  # fmt: skip
+        server_cpu, client_cpu = (
+            process_cpu(server_pid) - server_before,
+            _client_cpu() - client_before,
+        )
+    if proc.returncode != 0 and not proc.stdout.strip():
+        raise Unavailable(f"ghz failed: {_tail(proc.stderr)}")
+    out = json.loads(proc.stdout)
+    count = int(out["count"])
+    ok = int((out.get("statusCodeDistribution") or {}).get("OK", 0))
+    latency = {int(x["percentage"]): x["latency"] / 1e6 for x in out["latencyDistribution"] or []}
+    return {
+        "requests": ok,
+        "seconds": out["total"] / 1e9,
+        "rps": ok / (out["total"] / 1e9),
+        "p50": latency.get(50, float("nan")),
+        "p99": latency.get(99, float("nan")),
+        "errors": count - ok,
+        "error_kinds": out.get("errorDistribution") or {},
+        "non2xx": 0,
+        "server_us": server_cpu / max(ok, 1) * 1e6,
+        "wrk_us": client_cpu / max(ok, 1) * 1e6,
+    }
+
+
+def grpc_load_worker(port: int, threads: int, seconds: float) -> None:
+    """The fallback load generator's worker process: ``threads`` tritonclient gRPC clients in
+    a closed loop for ``seconds``; prints its latencies (ms) and error count as JSON."""
+    import threading
+
+    import tritonclient.grpc as triton
+
+    rows = np.zeros((1, FEATURES))
+    latencies: list[float] = []
+    errors = [0]
+    deadline = time.monotonic() + seconds
+
+    def loop() -> None:
+        client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+        tensor = triton.InferInput("input-0", list(rows.shape), "FP64")
+        tensor.set_data_from_numpy(rows)
+        while time.monotonic() < deadline:
+            start = time.perf_counter()
+            try:
+                client.infer("bench", [tensor])
+            except Exception:
+                errors[0] += 1
+                continue
+            latencies.append((time.perf_counter() - start) * 1e3)
+        client.close()
+
+    workers = [threading.Thread(target=loop) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    print(json.dumps({"latencies": latencies, "errors": errors[0]}))
+
+
+def run_python_grpc(port: int, concurrency: int, seconds: float, server_pid: int) -> dict[str, Any]:
+    """The fallback load generator: as many processes as CPUs, ``concurrency`` tritonclient
+    gRPC clients in all; the same fields as :func:`run_wrk`."""
+    procs = os.cpu_count() or 1
+    threads = [concurrency // procs + (i < concurrency % procs) for i in range(procs)]
+    server_before, client_before = process_cpu(server_pid), _client_cpu()
+    started = time.monotonic()
+    children = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--grpc-load-worker", str(port), str(n), str(seconds)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for n in threads
+        if n
+    ]
+    outputs = [json.loads(child.communicate()[0]) for child in children]
+    elapsed = time.monotonic() - started
+    server_cpu, client_cpu = process_cpu(server_pid) - server_before, _client_cpu() - client_before
+    latencies = sorted(x for out in outputs for x in out["latencies"])
+    ok = len(latencies)
+    if not ok:
+        raise Unavailable("the Python gRPC load loop got no answer")
+    return {
+        "requests": ok,
+        "seconds": seconds,
+        "rps": ok / seconds,
+        "p50": latencies[ok // 2],
+        "p99": latencies[min(ok - 1, int(ok * 0.99))],
+        "errors": sum(out["errors"] for out in outputs),
+        "non2xx": 0,
+        "server_us": server_cpu / ok * 1e6,
+        "wrk_us": client_cpu / ok * 1e6,
+        "elapsed": elapsed,
+    }
+
+
+def grpc_comparison(
+    wrk: str,
+    server_url: str,
+    grpc_port: int,
+    server_pid: int,
+    rows: np.ndarray,
+    tmp: Path,
+    args: argparse.Namespace,
+) -> None:
+    """gRPC (ModelInfer, raw tensor contents) against REST (JSON), LR 1-row c16, the same
+    server processes, alternated ``--pairs`` times."""
+    print("\ngRPC vs REST, LR 1-row c16, same server (gRPC port of the same workers):")
+    client = "ghz"
+    ghz: Path | None = None
+    if args.grpc_client == "ghz":
+        try:
+            ghz = ensure_ghz()
+        except Unavailable as exc:
+            client = "python"
+            print(f"  ghz not available ({exc}): using the Python tritonclient load loop instead")
+    else:
+        client = "python"
+    protoset = triton_protoset(tmp / "triton.protoset")
+
+    def grpc_run(seconds: float) -> dict[str, Any]:
+        if ghz is not None:
+            return run_ghz(ghz, protoset, grpc_port, rows, 16, seconds, server_pid)
+        return run_python_grpc(grpc_port, 16, seconds, server_pid)
+
+    payload = body(rows)
+    url = f"{server_url}/v2/models/bench/infer"
+    try:
+        grpc_run(2)  # warm up
+        rest, grpc = [], []
+        for _ in range(args.pairs):
+            rest.append(run_wrk(wrk, url, payload, 16, args.duration, server_pid))
+            grpc.append(grpc_run(args.duration))
+    except Unavailable as exc:
+        print(f"  not measured: {exc}")
+        return
+    if client == "ghz":
+        tool = f"ghz {GHZ_VERSION}, 16 workers on 16 connections"
+    elif args.grpc_client == "python":
+        tool = "Python tritonclient gRPC loop, as asked (--grpc-client python)"
+    else:
+        tool = "Python tritonclient gRPC loop (FALLBACK: ghz could not be built)"
+    for what, runs, by in (("REST (JSON)", rest, "wrk -t1, 16 connections"), ("gRPC", grpc, tool)):
+        print(
+            f"  {what:12} {_median(runs, 'rps'):>8,.0f} req/s  p99 {_median(runs, 'p99'):6.2f} ms"
+            f"  CPU us/req server {_median(runs, 'server_us'):4.0f} + client "
+            f"{_median(runs, 'wrk_us'):4.0f}  idle est. "
+            f"{statistics.median(idle_estimate(r) for r in runs):>7,.0f}  ({by}){_failed(runs)}"
+        )
+    ratios = [g["rps"] / r["rps"] for g, r in zip(grpc, rest, strict=True)]
+    server_cost = statistics.median(
+        g["server_us"] / r["server_us"] for g, r in zip(grpc, rest, strict=True)
+    )
+    ratio = statistics.median(ratios)
+    print(
+        f"  gRPC / REST req/s: x{ratio:.3f} (pairs: {', '.join(f'{r:.3f}' for r in ratios)}); "
+        f"server CPU per request gRPC / REST x{server_cost:.3f}; target: within 20% of REST "
+        f"(x0.80 or more): {'met' if ratio >= 0.8 else 'NOT met'}"
+    )
+
+
+# MLServer: its own venv (it pins other versions of FastAPI, uvicorn and friends), created
+# on first use. uvloop < 0.22: later ones have no implicit event loop, and MLServer 1.7.1's
+# parallel workers die asking for one ("There is no current event loop").
+MLSERVER_PACKAGES = ("mlserver==1.7.1", "mlserver-sklearn==1.7.1", "uvloop<0.22")
+MLSERVER_BATCHING = ((8, 0.001), (16, 0.005), (32, 0.02))
+"""(max_batch_size, max_batch_time in seconds) tried; the best at c16 is kept."""
+
+
+def mlserver_bin() -> Path:
+    """The ``bin`` directory of ``<cache>/mlserver-venv``, created with ``python -m venv`` and
+    pip on first use (scikit-learn pinned to the version that saved the model); raises
+    :class:`Unavailable` with pip's complaint when it cannot be installed."""
+    import sklearn
+
+    venv = cache_dir() / "mlserver-venv"
+    wanted = [*MLSERVER_PACKAGES, f"scikit-learn=={sklearn.__version__}"]
+    stamp = venv / ".bench-installed"
+    if stamp.exists() and stamp.read_text() == "\n".join(wanted):
+        return venv / "bin"
+    print(f"installing {' '.join(wanted)} into {venv} (first use) ...", flush=True)
+    shutil.rmtree(venv, ignore_errors=True)
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, text=True
+        )
+        proc = subprocess.run(
+            [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", *wanted],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+    except subprocess.CalledProcessError as exc:
+        raise Unavailable(f"python -m venv failed: {_tail(exc.stderr)}") from None
+    except subprocess.TimeoutExpired:
+        raise Unavailable("pip install took over 30 minutes") from None
+    if proc.returncode != 0:
+        raise Unavailable(f"pip install {' '.join(wanted)} failed: {_tail(proc.stderr)}")
+    stamp.write_text("\n".join(wanted))
+    return venv / "bin"
+
+
+class MLServer:
+    """``mlserver start`` on a model directory (the LR model as a joblib file, model-settings
+    with adaptive batching), REST on a free loopback port; its own session, stopped with it."""
+
+    def __init__(
+        self,
+        bin_dir: Path,
+        model: Path,
+        directory: Path,
+        workers: int,
+        batch_size: int,
+        batch_time: float,
+    ) -> None:
+        directory.mkdir(parents=True)
+        shutil.copy(model, directory / "model.joblib")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        settings = {
+            "host": "127.0.0.1",
+            "http_port": self.port,
+            "grpc_port": free_port(),
+            "metrics_port": free_port(),
+            "parallel_workers": workers,
+            "debug": False,
+        }
+        model_settings = {
+            "name": "bench",
+            "implementation": "mlserver_sklearn.SKLearnModel",
+            "parameters": {"uri": "./model.joblib", "version": "v1"},
+            "max_batch_size": batch_size,
+            "max_batch_time": batch_time,
+        }
+        (directory / "settings.json").write_text(json.dumps(settings))
+        (directory / "model-settings.json").write_text(json.dumps(model_settings))
+        self.log = directory / "mlserver.log"
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                [str(bin_dir / "mlserver"), "start", str(directory)],
+                cwd=directory,
+                env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        """Until ``/v2/models/bench/ready`` answers 200 (raises :class:`Unavailable`)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise Unavailable(f"mlserver exited: {_tail(self.log.read_text(errors='replace'))}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/v2/models/bench/ready", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise Unavailable(f"mlserver not ready in {timeout:g} s")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # a worker left behind
+        self.process.wait()
+
+
+def mlserver_model(estimator: Any, path: Path) -> Path:
+    """The served estimator as a joblib file for MLServer's scikit-learn runtime, without
+    ``feature_names_in_``: MLServer passes a bare array, which would otherwise draw a warning
+    on every call; the coefficients, and so the predictions, are the same."""
+    import joblib  # type: ignore[import-untyped]
+
+    bare = copy.deepcopy(estimator)
+    if hasattr(bare, "feature_names_in_"):
+        del bare.feature_names_in_
+    joblib.dump(bare, path)
+    return path
+
+
+def mlserver_comparison(
+    wrk: str,
+    server_url: str,
+    server_pid: int,
+    estimator: Any,
+    payload: bytes,
+    tmp: Path,
+    args: argparse.Namespace,
+) -> None:
+    """MLServer (``--workers`` parallel workers, adaptive batching) serving the same model,
+    next to this server, LR 1-row c16: for each batching setting, ``--pairs`` alternated runs."""
+    print(
+        f"\nMLServer side by side: the same LogisticRegression, 1-row body, c16; MLServer "
+        f"{MLSERVER_PACKAGES[0].split('==')[1]} with mlserver-sklearn, {args.workers} parallel "
+        f"workers, adaptive batching; {args.pairs} alternated pairs per setting (medians):"
+    )
+    try:
+        bin_dir = mlserver_bin()
+    except Unavailable as exc:
+        print(f"  MLServer not measured: {exc}")
+        return
+    model = mlserver_model(estimator, tmp / "logreg.joblib")
+    url = f"{server_url}/v2/models/bench/infer"
+    found: list[tuple[float, str, float]] = []
+    for size, wait in args.mlserver_batching:
+        setting = f"max_batch_size={size} max_batch_time={wait * 1e3:g} ms"
+        ml = MLServer(bin_dir, model, tmp / f"mlserver-{size}-{wait}", args.workers, size, wait)
+        try:
+            ml.wait_ready()
+            ml_url = f"{ml.url}/v2/models/bench/infer"
+            run_wrk(wrk, ml_url, payload, 16, 2)  # warm up
+            ours, theirs = [], []
+            for _ in range(args.pairs):
+                ours.append(run_wrk(wrk, url, payload, 16, args.duration, server_pid))
+                theirs.append(run_wrk(wrk, ml_url, payload, 16, args.duration, ml.process.pid))
+        except Unavailable as exc:
+            print(f"  {setting}: MLServer not measured: {exc}")
+            continue
+        finally:
+            ml.stop()
+        ratios = [o["rps"] / t["rps"] for o, t in zip(ours, theirs, strict=True)]
+        idle = statistics.median(
+            idle_estimate(o) / idle_estimate(t) for o, t in zip(ours, theirs, strict=True)
+        )
+        print(
+            f"  {setting:38} MLServer {_median(theirs, 'rps'):>7,.0f} req/s p99 "
+            f"{_median(theirs, 'p99'):7.2f} ms {_median(theirs, 'server_us'):5.0f} us CPU/req | "
+            f"this server {_median(ours, 'rps'):>7,.0f} req/s p99 {_median(ours, 'p99'):5.2f} ms "
+            f"{_median(ours, 'server_us'):3.0f} us CPU/req | ours/MLServer "
+            f"x{statistics.median(ratios):.1f} (idle est. x{idle:.1f}){_failed(theirs + ours)}"
+        )
+        if not any(r["errors"] + r["non2xx"] for r in theirs + ours):
+            found.append((_median(theirs, "rps"), setting, statistics.median(ratios)))
+    if not found:
+        print("  MLServer not measured: no setting gave an error-free run")
+        return
+    _, setting, ratio = max(found)
+    print(
+        f"  MLServer's best here: {setting}; this server / MLServer: x{ratio:.1f}; "
+        f"target >= 20x: {'met' if ratio >= 20 else 'NOT met'}"
+    )
+
+
+def _batching(text: str) -> tuple[int, float]:
+    size, _, wait = text.partition(":")
+    return int(size), float(wait)
+
+
 async def main_async(args: argparse.Namespace) -> int:
     wrk = ensure_wrk()
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
@@ -417,6 +939,7 @@ async def main_async(args: argparse.Namespace) -> int:
         )
         routing = tmp / "routing.json"
         write_json(routing, table)
+        grpc_port = free_port()
         server = ServerProcess(
             routing,
             s3.endpoint,
@@ -425,7 +948,14 @@ async def main_async(args: argparse.Namespace) -> int:
             tmp / "server.log",
             workers=args.workers,
             sketch_interval=5.0,
+            extra_args=["--grpc-port", str(grpc_port)],
         )
+        # The same server with POST /bench/noop answered by its HTTP layer's handler, for the
+        # no-op comparison (bench_http_stack.run_handwritten: `python -m modelops.serving`).
+        server.args[1:3] = [
+            str(Path(__file__).with_name("bench_http_stack.py")),
+            "--handwritten-server",
+        ]
         server.start()
         try:
             await server.wait_ready(60)
@@ -436,7 +966,7 @@ async def main_async(args: argparse.Namespace) -> int:
             rng = np.random.default_rng(0)
             X = frame.drop(columns="label").to_numpy()
             cells, floors = [], {}
-            for name in args.models if not args.rollback_only else ():
+            for name in args.models if "cells" in args.parts else ():
                 reference = None
                 if args.reference:
                     path = tmp / f"{name}.skops"
@@ -472,6 +1002,15 @@ async def main_async(args: argparse.Namespace) -> int:
                         reference.stop()
             if cells:
                 report(cells, floors, args.workers)
+            assert server.process is not None
+            pid = server.process.pid
+            row = X[np.random.default_rng(1).choice(len(X), 1)]
+            if "noop" in args.parts:
+                noop_comparison(wrk, server.url, pid, body(row), args)
+            if "grpc" in args.parts:
+                grpc_comparison(wrk, server.url, grpc_port, pid, row, tmp, args)
+            if "mlserver" in args.parts:
+                mlserver_comparison(wrk, server.url, pid, models["logreg"], body(row), tmp, args)
 
             rollback_table = routing_table(
                 [(versions["logreg"], "stable", 50), (canary, "canary", 50)], model="bench"
@@ -480,10 +1019,13 @@ async def main_async(args: argparse.Namespace) -> int:
                 await rollback_seconds(
                     urls["logreg"], file_publisher(routing), rollback_table, "bench-v3"
                 )
-                for _ in range(args.rollbacks)
+                for _ in range(args.rollbacks if "rollback" in args.parts else 0)
             ]
         finally:
             server.stop()
+        if "rollback" not in args.parts:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return 0
         watch_times = await watched_rollbacks(s3, tmp, rollback_table, args)
         for what, times in (
             ("ConfigMap PATCH, watched by the pods (as in a cluster)", watch_times),
@@ -517,6 +1059,7 @@ async def watched_rollbacks(
             tmp,
             workers=args.workers,
             sketch_interval=5.0,
+            extra_args=["--grpc-port", "-1"],  # not measured here; no port to collide on
         )
         server.start()
         try:
@@ -537,7 +1080,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--floor-repeat", type=int, default=300)
     p.add_argument("--rollbacks", type=int, default=5)
-    p.add_argument("--rollback-only", action="store_true", help="skip the load runs")
+    p.add_argument(
+        "--rollback-only", action="store_true", help="skip the load runs (--parts rollback)"
+    )
+    p.add_argument(
+        "--parts",
+        nargs="+",
+        choices=PARTS,
+        default=list(PARTS),
+        help="what to measure: the table of cells, the no-op handler, gRPC vs REST, MLServer, "
+        "rollback times",
+    )
+    p.add_argument("--pairs", type=int, default=3, help="alternated pairs per comparison")
+    p.add_argument(
+        "--grpc-client",
+        choices=["ghz", "python"],
+        default="ghz",
+        help="gRPC load generator (python: the tritonclient fallback)",
+    )
+    p.add_argument(
+        "--mlserver-batching",
+        nargs="+",
+        type=_batching,
+        default=list(MLSERVER_BATCHING),
+        metavar="SIZE:SECONDS",
+        help="MLServer adaptive-batching settings to try (max_batch_size:max_batch_time)",
+    )
     p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     p.add_argument(
         "--no-reference",
@@ -546,11 +1114,18 @@ def main(argv: list[str] | None = None) -> int:
         help="skip the bare aiohttp reference server runs",
     )
     p.add_argument("--reference-server", nargs=3, help=argparse.SUPPRESS)
+    p.add_argument("--grpc-load-worker", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.reference_server:
         model, port, workers = args.reference_server
         reference_server(model, int(port), int(workers))
         return 0
+    if args.grpc_load_worker:
+        port, threads, seconds = args.grpc_load_worker
+        grpc_load_worker(int(port), int(threads), float(seconds))
+        return 0
+    if args.rollback_only:
+        args.parts = ["rollback"]
     return asyncio.run(main_async(args))
 
 
