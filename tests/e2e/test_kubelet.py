@@ -496,3 +496,62 @@ async def test_a_deleted_pod_is_stopped_and_removed_not_left_terminating(
 
     await eventually(gone, what="the pod object to go", timeout=30)
     assert exited(local.process.pid)
+
+
+SLOW_SERVER = """
+import http.server, sys, time
+time.sleep(float(sys.argv[sys.argv.index('--delay') + 1]))
+port = int(sys.argv[sys.argv.index('--port') + 1])
+class Ok(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(('127.0.0.1', port), Ok).serve_forever()
+"""
+
+
+def slow_pod(ns: str, name: str, delay: float, startup_failures: int) -> Any:
+    pod = bare_pod(ns, name, SLOW_SERVER)
+    container = pod["spec"]["containers"][0]
+    probe = {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1}
+    container |= {
+        "args": ["--port", "8080", "--delay", str(delay)],
+        "ports": [{"name": "http", "containerPort": 8080}],
+        # Alone, this liveness probe would kill the server before it listens.
+        "livenessProbe": probe | {"failureThreshold": 1},
+        "startupProbe": probe | {"failureThreshold": startup_failures},
+    }
+    return pod
+
+
+async def container_status(api: Cluster, ns: str, name: str) -> dict[str, Any]:
+    pod = await api.get("v1", "Pod", ns, name)
+    return dict(((pod or {}).get("status", {}).get("containerStatuses") or [{}])[0])
+
+
+async def test_a_slow_start_is_covered_by_the_startup_probe_not_restarted(
+    kubelet: ProcessKubelet, api: Cluster, ns: str
+) -> None:
+    await api.create(slow_pod(ns, "slow", delay=3, startup_failures=60))
+
+    async def ready() -> dict[str, Any] | None:
+        status = await container_status(api, ns, "slow")
+        return status if status.get("ready") else None
+
+    status = await eventually(ready, what="the slow server ready", timeout=60)
+    assert status["restartCount"] == 0
+
+
+async def test_a_startup_probe_that_never_passes_restarts_the_container(
+    kubelet: ProcessKubelet, api: Cluster, ns: str
+) -> None:
+    await api.create(slow_pod(ns, "never", delay=3600, startup_failures=2))
+
+    async def restarted() -> dict[str, Any] | None:
+        status = await container_status(api, ns, "never")
+        return status if status.get("restartCount", 0) >= 1 else None
+
+    status = await eventually(restarted, what="a restart after the startup probe", timeout=60)
+    assert status["ready"] is False

@@ -7,7 +7,6 @@ ModelVersion: nothing lost, nothing done twice. The proxy's counts are printed (
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,43 +15,11 @@ import yaml
 
 from modelops import API_VERSION
 from modelops.controllers.cluster import Cluster
-from modelops.local.cluster import LocalCluster
-from modelops.local.s3server import S3Server
 from support.faultproxy import FaultProxy
 from support.operator import OperatorProcess, condition, eventually
 
 pytestmark = pytest.mark.faults
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def proxy(local_cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[FaultProxy]:
-    pki = local_cluster.control_plane.pki
-    seed = getattr(request, "param", 0)
-    with FaultProxy(
-        local_cluster.api_url,
-        str(pki.ca_cert),
-        str(pki.cert("apiserver")),  # signed by the cluster CA for 127.0.0.1
-        str(pki.key("apiserver")),
-        seed=seed,
-    ) as running:
-        yield running
-
-
-@pytest.fixture
-def operator_via_proxy(
-    operator_kubeconfig: Path, proxy: FaultProxy, s3: S3Server, namespace: str, tmp_path: Path
-) -> Iterator[OperatorProcess]:
-    config = yaml.safe_load(operator_kubeconfig.read_text())
-    config["clusters"][0]["cluster"]["server"] = proxy.url
-    kubeconfig = tmp_path / "via-proxy.kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump(config))
-    process = OperatorProcess(kubeconfig, s3, tmp_path / "logs", MODELOPS_NAMESPACES=namespace)
-    process.start()
-    yield process
-    alive = process.alive()
-    process.stop()
-    assert alive, f"the operator exited under faults:\n{process.logs()[-3000:]}"
 
 
 def sample_run(namespace: str) -> dict[str, Any]:

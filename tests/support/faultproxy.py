@@ -7,13 +7,17 @@ back (watches included). Faults are injected by rules:
 
 - ``fail(status, ...)``: answer with a Kubernetes ``Status`` of that code instead of forwarding
   (``Retry-After`` on 429/503), for matching requests, with a probability, a number of times;
+  with ``forward=True`` the request is forwarded first and its answer replaced (the write
+  happened, its answer was lost: a client's retry of a create then meets 409 AlreadyExists);
 - ``drop_watches()``: cut every open watch stream (as a restarting API server does);
 - ``delay(seconds, ...)``: hold matching requests before forwarding them.
 
 Every injected fault is counted in ``injected`` by kind, and every forwarded request in
-``requests`` by Kubernetes verb and resource (:func:`kube_verb`): with no rule the proxy is a
-pass-through request counter (``tests/bench/bench_operator.py``). Runs in its own thread and
-loop so a synchronous test can use it too.
+``requests`` by Kubernetes verb and resource (:func:`kube_verb`), with the seconds the API
+server took to answer them (to the response's headers; watches excluded) in ``seconds`` and
+their status codes in ``statuses``: with no rule the proxy is a pass-through request counter
+(``tests/bench/bench_operator.py``). Runs in its own thread and loop so a synchronous test can
+use it too.
 """
 
 from __future__ import annotations
@@ -23,12 +27,22 @@ import random
 import re
 import ssl
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
 
+# The reason a real API server gives with each code (metav1.StatusReason).
+_REASONS = {
+    404: "NotFound",
+    409: "Conflict",
+    429: "TooManyRequests",
+    500: "InternalError",
+    503: "ServiceUnavailable",
+    504: "Timeout",
+}
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "upgrade"}
 
 
@@ -69,6 +83,7 @@ class Rule:
     probability: float = 1.0
     times: int | None = None  # None: until removed
     delay: float = 0.0  # seconds; with status 0, a pure delay
+    forward: bool = False  # forward the request, then answer ``status`` instead of its answer
     hits: int = field(default=0)
 
     def matches(self, method: str, path: str, rng: random.Random) -> bool:
@@ -91,6 +106,8 @@ class FaultProxy:
         self.injected: Counter[str] = Counter()
         self.forwarded = 0
         self.requests: Counter[tuple[str, str]] = Counter()  # forwarded, by (verb, resource)
+        self.seconds: Counter[tuple[str, str]] = Counter()  # their upstream time, summed
+        self.statuses: Counter[int] = Counter()  # their answers' status codes
         self.port = 0
         self._watches: set[web.StreamResponse] = set()
         self._loop = asyncio.new_event_loop()
@@ -182,7 +199,9 @@ class FaultProxy:
             self.injected["delay"] += 1
             await asyncio.sleep(rule.delay)
         if rule is not None and rule.status:
-            self.injected[str(rule.status)] += 1
+            if rule.forward:
+                await self._forward_unanswered(request)
+            self.injected[str(rule.status) + (" after forwarding" if rule.forward else "")] += 1
             headers = {"Retry-After": "1"} if rule.status in (429, 503) else {}
             return web.json_response(
                 {
@@ -190,6 +209,10 @@ class FaultProxy:
                     "apiVersion": "v1",
                     "status": "Failure",
                     "message": f"injected by the fault proxy ({rule.status})",
+                    # A 409 to a create is AlreadyExists; to any other write, Conflict.
+                    "reason": "AlreadyExists"
+                    if (rule.status, request.method) == (409, "POST")
+                    else _REASONS.get(rule.status, ""),
                     "code": rule.status,
                 },
                 status=rule.status,
@@ -197,16 +220,34 @@ class FaultProxy:
             )
         return await self._forward(request)
 
-    async def _forward(self, request: web.Request) -> web.StreamResponse:
+    async def _forward_unanswered(self, request: web.Request) -> None:
+        """Send the request upstream and drop the server's answer (a write whose answer was
+        lost on the way back)."""
         assert self._session is not None
         self.forwarded += 1
-        watch = request.query.get("watch") in ("true", "1")
-        self.requests[kube_verb(request.method, request.path, watch)] += 1
+        self.requests[kube_verb(request.method, request.path, False)] += 1
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         body = await request.read()
         async with self._session.request(
             request.method, self.upstream + request.path_qs, headers=headers, data=body or None
         ) as upstream:
+            await upstream.read()
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        assert self._session is not None
+        self.forwarded += 1
+        watch = request.query.get("watch") in ("true", "1")
+        verb = kube_verb(request.method, request.path, watch)
+        self.requests[verb] += 1
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        body = await request.read()
+        sent = time.monotonic()
+        async with self._session.request(
+            request.method, self.upstream + request.path_qs, headers=headers, data=body or None
+        ) as upstream:
+            self.statuses[upstream.status] += 1
+            if not watch:
+                self.seconds[verb] += time.monotonic() - sent
             response = web.StreamResponse(status=upstream.status)
             for key, value in upstream.headers.items():
                 if key.lower() not in _HOP_BY_HOP:

@@ -220,19 +220,14 @@ class LocalPod:
         started = now_iso()
         self.phase = "Running"
         self.state = {"running": {"startedAt": started}}
-        self.ready = self._readiness() is None
+        self.ready = self._readiness() is None and self._startup() is None
         self._changed()
-        probes = [
-            asyncio.create_task(self._probe(p, readiness=r))
-            for p, r in ((self._readiness(), True), (self._liveness(), False))
-            if p is not None
-        ]
+        probes = asyncio.create_task(self._run_probes())
         try:
             code = await process.wait()
         finally:
-            for task in probes:
-                task.cancel()
-            await asyncio.gather(*probes, return_exceptions=True)
+            probes.cancel()
+            await asyncio.gather(probes, return_exceptions=True)
             log.close()
             # The leader is gone; anything it left behind in its group goes too.
             processes.signal_group(process.pid, signal.SIGKILL)
@@ -272,6 +267,40 @@ class LocalPod:
 
     def _liveness(self) -> Probe | None:
         return Probe.of(self.container.get("livenessProbe"), readiness=False)
+
+    def _startup(self) -> Probe | None:
+        return Probe.of(self.container.get("startupProbe"), readiness=False)
+
+    async def _run_probes(self) -> None:
+        """The kubelet's order: a startupProbe first; readiness and liveness only once it
+        has succeeded (a slow start is not a failed liveness check)."""
+        startup = self._startup()
+        if startup is not None:
+            if not await self._started(startup):
+                return
+            if self._readiness() is None:
+                self.ready = True
+                self._changed()
+        probes = [(self._readiness(), True), (self._liveness(), False)]
+        await asyncio.gather(*(self._probe(p, readiness=r) for p, r in probes if p is not None))
+
+    async def _started(self, probe: Probe) -> bool:
+        """Run the startup probe until it succeeds (True) or fails ``failureThreshold`` times
+        in a row, which restarts the container (False)."""
+        assert self.launch is not None
+        url = f"http://127.0.0.1:{self.launch.local_port(probe.port)}{probe.path}"
+        failures = 0
+        await asyncio.sleep(probe.initial_delay)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=probe.timeout)) as s:
+            while True:
+                if await _http_ok(s, url):
+                    return True
+                failures += 1
+                if failures >= probe.failures:
+                    logger.warning("pod %s failed its startup probe: restarting it", self.name)
+                    await self._signal_and_wait(self._grace())
+                    return False
+                await asyncio.sleep(probe.period)
 
     async def _probe(self, probe: Probe, *, readiness: bool) -> None:
         assert self.launch is not None

@@ -133,7 +133,7 @@ class S3Server:
             "AWS_ACCESS_KEY_ID": self.access_key,
             "AWS_SECRET_ACCESS_KEY": self.secret_key,
         }
-        with (self.data_dir / "weed.log").open("wb") as log:
+        with (self.data_dir / "weed.log").open("ab") as log:  # a restart keeps the log
             self.process = subprocess.Popen(
                 args,
                 env=env,
@@ -165,6 +165,19 @@ class S3Server:
                 time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"S3 server not ready in {self.startup_timeout}s: {last_error}")
+
+    def restart(self) -> None:
+        """Start again after :meth:`stop`, on the same ports and data dir, so clients keep
+        their endpoint and find what was stored (an outage of the store, then its return).
+        Call it from a thread that outlives the server (the main thread): the server is
+        killed when the thread that started it ends (``PR_SET_PDEATHSIG``).
+
+        Raises PortTaken when a port was taken while it was down, RuntimeError when it does
+        not answer within ``startup_timeout``.
+        """
+        if self.process is not None:
+            raise RuntimeError("the S3 server is running: stop it first")
+        self._start_once()
 
     def stop(self) -> None:
         if self.process is None:

@@ -177,9 +177,18 @@ def server_deployment(
             "periodSeconds": 2,
             "failureThreshold": 2,
         },
+        # Loading a large model, or a starved node, can take minutes: liveness starts only
+        # once the server has answered once, so a slow start is never a restart loop.
+        "startupProbe": {
+            "httpGet": {"path": "/v2/health/live", "port": "http"},
+            "periodSeconds": 2,
+            "timeoutSeconds": 5,
+            "failureThreshold": 150,
+        },
         "livenessProbe": {
             "httpGet": {"path": "/v2/health/live", "port": "http"},
             "periodSeconds": 10,
+            "timeoutSeconds": 5,
             "failureThreshold": 3,
         },
         "securityContext": container_security_context(),
