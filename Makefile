@@ -5,6 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+BENCH_OPERATOR_ARGS ?=
 
 .DEFAULT_GOAL := help
 
@@ -54,7 +55,7 @@ run: $(STAMP) ## Run the operator against the current kubeconfig
 demo: $(STAMP) controlplane ## The whole loop on a local Kubernetes control plane
 	$(PY) -m modelops local demo
 
-bench: bench-drift bench-serve bench-controlplane ## Print every benchmark (numbers, not pass/fail)
+bench: bench-drift bench-serve bench-http bench-controlplane bench-operator ## Print every benchmark (numbers, not pass/fail)
 
 bench-drift: $(STAMP) ## Drift statistics: profile build, sketch fill, one check, vs exact KS
 	$(PY) tests/bench/bench_drift.py
@@ -62,9 +63,17 @@ bench-drift: $(STAMP) ## Drift statistics: profile build, sketch fill, one check
 bench-controlplane: $(STAMP) controlplane ## Control plane and local cluster: start time, memory, stop time
 	$(PY) tests/bench/bench_controlplane.py
 
-bench-serve: $(STAMP) controlplane ## Model server under wrk vs the in-process predict floor
+bench-operator: $(STAMP) controlplane ## The operator at N = 100/500/1000 models vs a no-op Kopf floor (BENCH_OPERATOR_ARGS=--quick)
+	$(PY) tests/bench/bench_operator.py $(BENCH_OPERATOR_ARGS)
+
+bench-serve: $(STAMP) controlplane ## Model server under wrk: floor, no-op handler, gRPC (ghz), MLServer
 	@command -v wrk >/dev/null || (apt-get install -y wrk >/dev/null 2>&1 || (apt-get update >/dev/null && apt-get install -y wrk >/dev/null))
 	$(PY) tests/bench/bench_serve.py
+
+bench-http: $(STAMP) ## The server's HTTP layer vs uvicorn and granian, same dispatch (decides issue 12.5)
+	@command -v wrk >/dev/null || (apt-get install -y wrk >/dev/null 2>&1 || (apt-get update >/dev/null && apt-get install -y wrk >/dev/null))
+	@$(PY) -c 'import uvicorn, granian' 2>/dev/null || $(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) tests/bench/bench_http_stack.py
 
 deploy: ## Install the operator on the current cluster (kubectl apply -k)
 	kubectl apply --server-side -k manifests/overlays/prod
@@ -83,4 +92,4 @@ e2e-kind: $(STAMP) ## Run the real-cluster tests (needs Docker and kind)
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .venv-checkov .pytest_cache .mypy_cache .ruff_cache .modelops bin
 
-.PHONY: help install controlplane test faults unit lint format typecheck crds verify-crds run demo bench bench-drift bench-serve bench-controlplane deploy undeploy images e2e-kind clean
+.PHONY: help install controlplane test faults unit lint format typecheck crds verify-crds run demo bench bench-drift bench-serve bench-http bench-controlplane bench-operator deploy undeploy images e2e-kind clean

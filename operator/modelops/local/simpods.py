@@ -96,7 +96,8 @@ class Simulation:
 
 @dataclass
 class SimulationStats:
-    """Counts since start: objects written, failed writes, window rounds and late ones."""
+    """Counts since start (objects written, failed writes, window rounds, late ones, the
+    slowest round's seconds) and the serving pods written for now."""
 
     reports: int = 0
     windows: int = 0
@@ -110,7 +111,7 @@ class SimulationStats:
 
 @dataclass
 class _Serving:
-    """What one serving pod needs to write: where, as whom, and what its table says."""
+    """What one serving pod needs to write: where, as whom, and which table it reads."""
 
     namespace: str
     pod: str
@@ -118,7 +119,6 @@ class _Serving:
     config_map: str
     store: ArtifactStore
     bucket: str
-    table: str | None = None  # the routing.json last reported, as text
     reported: float = 0.0  # time.monotonic() of the last report
 
 
