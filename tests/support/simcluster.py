@@ -1,7 +1,7 @@
 """The local cluster with its kubelet in no-process mode (:mod:`modelops.local.simpods`).
 
 Used by ``tests/bench/bench_operator.py`` (a thousand serving pods on one machine) and
-``tests/integration/test_simpods.py``. The operator is left out, as with
+``tests/integration/test_simulated_pods.py``. The operator is left out, as with
 ``LocalCluster(operator=False)``: whoever uses it runs one.
 """
 
