@@ -22,7 +22,7 @@ from modelops.drift import Sketch, detect
 from modelops.local.cluster import BUCKET, NAMESPACE
 from modelops.resources import serving
 from modelops.settings import Settings
-from modelops.storage import ArtifactStore, Location
+from modelops.storage import ArtifactError, ArtifactStore, Location
 from support.models import iris_frame, train_version
 from support.operator import condition, eventually
 from support.simcluster import SimulatedCluster
@@ -81,8 +81,13 @@ async def serve(
 
 
 def objects(store: ArtifactStore, prefix: str) -> list[dict[str, Any]]:
-    keys = store.list(Location(BUCKET, prefix))
-    return [json.loads(store.get(Location(BUCKET, k))) for k in keys]
+    found = []
+    for key in store.list(Location(BUCKET, prefix)):
+        try:
+            found.append(json.loads(store.get(Location(BUCKET, key))))
+        except ArtifactError:
+            continue  # deleted between the listing and the read: a withdrawn report
+    return found
 
 
 async def report(sim: SimulatedCluster, name: str) -> dict[str, Any] | None:
