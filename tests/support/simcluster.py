@@ -7,10 +7,11 @@ Used by ``tests/bench/bench_operator.py`` (a thousand serving pods on one machin
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-from modelops.local.cluster import IMAGES, IN_CLUSTER_S3, LocalCluster
-from modelops.local.kubelet import KubeletConfig, ProcessKubelet
+from modelops.local.cluster import LocalCluster
+from modelops.local.kubelet import KubeletConfig
 from modelops.local.simpods import PodSimulator, Simulation
 
 
@@ -35,36 +36,20 @@ class SimulatedCluster(LocalCluster):
         self.sketch_interval = sketch_interval
         self.max_pods = max_pods
 
-    async def _start_kubelet(self) -> None:
+    def _kubelet_config(self) -> KubeletConfig:
         # LocalCluster's, plus the simulation and the capacity.
-        assert self.s3 is not None
         pki = self.control_plane.pki
-        self.kubelet = ProcessKubelet(
-            KubeletConfig(
-                api_url=self.control_plane.url,
-                ca_file=pki.ca_cert,
-                client_cert=pki.cert("node"),
-                client_key=pki.key("node"),
-                proxy_cert=pki.cert("kube-proxy"),
-                proxy_key=pki.key("kube-proxy"),
-                serving_cert=pki.cert("kubelet-serving"),
-                serving_key=pki.key("kubelet-serving"),
-                node_name=self.control_plane.node_name,
-                state_dir=self.state_dir,
-                images=IMAGES,
-                aliases={IN_CLUSTER_S3: self.s3.endpoint},
-                services_file=self.services_file,
-                simulation=Simulation(
-                    reader_cert=pki.cert("admin"),
-                    reader_key=pki.key("admin"),
-                    requests_per_second=self.requests_per_second,
-                    sketch_interval=self.sketch_interval,
-                ),
-                max_pods=self.max_pods,
-                cpu_capacity=max(16, self.max_pods),
-            )
+        return dataclasses.replace(
+            super()._kubelet_config(),
+            simulation=Simulation(
+                reader_cert=pki.cert("admin"),
+                reader_key=pki.key("admin"),
+                requests_per_second=self.requests_per_second,
+                sketch_interval=self.sketch_interval,
+            ),
+            max_pods=self.max_pods,
+            cpu_capacity=max(16, self.max_pods),
         )
-        await self.kubelet.start()
 
     @property
     def simulator(self) -> PodSimulator:

@@ -182,27 +182,29 @@ class LocalCluster(processes.Lifecycle):
             future.cancel()
             raise
 
-    async def _start_kubelet(self) -> None:
+    def _kubelet_config(self) -> KubeletConfig:
+        """The node's configuration: its identities from the PKI, the images, the aliases."""
         assert self.s3 is not None
         pki = self.control_plane.pki
-        self.kubelet = ProcessKubelet(
-            KubeletConfig(
-                api_url=self.control_plane.url,
-                ca_file=pki.ca_cert,
-                client_cert=pki.cert("node"),
-                client_key=pki.key("node"),
-                proxy_cert=pki.cert("kube-proxy"),
-                proxy_key=pki.key("kube-proxy"),
-                serving_cert=pki.cert("kubelet-serving"),
-                serving_key=pki.key("kubelet-serving"),
-                node_name=self.control_plane.node_name,
-                state_dir=self.state_dir,
-                images=IMAGES,
-                aliases={IN_CLUSTER_S3: self.s3.endpoint},
-                services_file=self.services_file,
-                pod_env={},
-            )
+        return KubeletConfig(
+            api_url=self.control_plane.url,
+            ca_file=pki.ca_cert,
+            client_cert=pki.cert("node"),
+            client_key=pki.key("node"),
+            proxy_cert=pki.cert("kube-proxy"),
+            proxy_key=pki.key("kube-proxy"),
+            serving_cert=pki.cert("kubelet-serving"),
+            serving_key=pki.key("kubelet-serving"),
+            node_name=self.control_plane.node_name,
+            state_dir=self.state_dir,
+            images=IMAGES,
+            aliases={IN_CLUSTER_S3: self.s3.endpoint},
+            services_file=self.services_file,
+            pod_env={},
         )
+
+    async def _start_kubelet(self) -> None:
+        self.kubelet = ProcessKubelet(self._kubelet_config())
         await self.kubelet.start()
 
     async def _stop_kubelet(self) -> None:
