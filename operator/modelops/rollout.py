@@ -185,8 +185,9 @@ def _find(facts: Facts, name: str | None) -> Version | None:
 def guard_verdict(monitor: Mapping[str, Any], canary: str) -> tuple[str, str] | None:
     """What a DriftMonitor guarding the canary says: ``("firing", message)`` when it found the
     canary drifted, ``("underperforming", message)`` when its quality rule found the canary
-    underperforming, ``("unknown", why)`` when it cannot evaluate it, else None (no drift, or
-    too few samples or labels yet: a working monitor).
+    underperforming or its fairness rule found it unfair (``FairnessViolated``),
+    ``("unknown", why)`` when it cannot evaluate it, else None (no drift, or too few samples
+    or labels yet: a working monitor).
 
     ``status.version`` names the version the monitor judged: a True condition speaks for the
     canary only when that is the canary. A monitor without a quality rule has no
@@ -195,6 +196,7 @@ def guard_verdict(monitor: Mapping[str, Any], canary: str) -> tuple[str, str] | 
     conditions = status.get("conditions") or []
     drifted = next((c for c in conditions if c.get("type") == "Drifted"), None)
     under = next((c for c in conditions if c.get("type") == "Underperforming"), None)
+    unfair = next((c for c in conditions if c.get("type") == "FairnessViolated"), None)
     if drifted is None:
         return "unknown", "not checked yet"
     judged_canary = status.get("version") == canary
@@ -202,6 +204,8 @@ def guard_verdict(monitor: Mapping[str, Any], canary: str) -> tuple[str, str] | 
         return "firing", str(drifted.get("message", ""))
     if under is not None and under.get("status") == "True" and judged_canary:
         return "underperforming", str(under.get("message", ""))
+    if unfair is not None and unfair.get("status") == "True" and judged_canary:
+        return "underperforming", f"FairnessViolated: {unfair.get('message', '')}"
     if drifted.get("status") == "True":
         return None
     generation = (monitor.get("metadata") or {}).get("generation")
@@ -214,6 +218,10 @@ def guard_verdict(monitor: Mapping[str, Any], canary: str) -> tuple[str, str] | 
         reason = under.get("reason")
         if reason not in LABELS_EVALUATING_REASONS:
             return "unknown", f"Underperforming {reason}: {under.get('message', '')}"
+    if unfair is not None and unfair.get("status") == "Unknown":
+        reason = unfair.get("reason")
+        if reason not in LABELS_EVALUATING_REASONS:
+            return "unknown", f"FairnessViolated {reason}: {unfair.get('message', '')}"
     return None
 
 
@@ -525,6 +533,29 @@ def _analysis_hold(
     until = until or f"it is shown not worse than {state.stable}"
     why = f"{state.canary} held at {where} until {until}: {outcome.text}"
     return Plan(state, events, why, AWAITING_ANALYSIS, analysis=report)
+
+
+def next_due(spec: DeploymentSpec, state: State, now: float) -> float | None:
+    """When, after ``now``, the canary in flight next falls due by the clock alone, epoch
+    seconds: the end of its step's pause (canary mode), of ``shadow.duration`` or of
+    ``abtest.maxDuration``, or, once that has passed, of ``analysis.timeout`` after it. None
+    while it loads (no step yet), with no canary in flight, or when nothing more is timed."""
+    canary = spec.canary
+    started = state.step_started
+    if canary is None or not state.canary_active or state.step is None or started is None:
+        return None
+    if canary.mode == "abtest":
+        return started + parse_duration((canary.abtest or ABTest()).max_duration)
+    if canary.mode == "shadow":
+        end = started + parse_duration((canary.shadow or Shadow()).duration)
+    else:
+        steps = canary.steps
+        end = started + parse_duration(steps[min(state.step, len(steps) - 1)].pause)
+    timeout = _timeout(canary)
+    for due in (end, None if timeout is None else end + parse_duration(timeout)):
+        if due is not None and due > now:
+            return due
+    return None
 
 
 def _timeout(spec: Canary) -> str | None:

@@ -246,7 +246,8 @@ async def test_two_workers_share_the_port_metrics_and_shutdown(
                 async with aiohttp.ClientSession() as fresh:  # a new connection each time
                     _, text = await get(fresh, server.url + "/metrics")
                 line = (
-                    f'modelops_serving_requests_total{{model="iris",version="iris-v1"}} {float(n)}'
+                    'modelops_serving_requests_total{model="iris",transport="rest",'
+                    f'version="iris-v1"}} {float(n)}'
                 )
                 assert line in text.splitlines(), text
                 assert "modelops_serving_workers 2.0" in text

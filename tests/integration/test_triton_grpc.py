@@ -244,7 +244,13 @@ def test_canary_split_counts_and_sketches(
 ) -> None:
     server, _ = served
     before = {
-        v: metric(server.url, "modelops_serving_requests_total", model="irisg", version=v)
+        v: metric(
+            server.url,
+            "modelops_serving_requests_total",
+            model="irisg",
+            version=v,
+            transport="grpc",
+        )
         for v in ("irisg-v1", "irisg-v2")
     }
     started = time.time()
@@ -261,7 +267,13 @@ def test_canary_split_counts_and_sketches(
     assert 150 <= ids["irisg-v2"] <= 250  # hashed ids: binomial(1000, 0.2), 4 sigma
     sent = plain + ids
     after = {
-        v: metric(server.url, "modelops_serving_requests_total", model="irisg", version=v)
+        v: metric(
+            server.url,
+            "modelops_serving_requests_total",
+            model="irisg",
+            version=v,
+            transport="grpc",
+        )
         for v in ("irisg-v1", "irisg-v2")
     }
     assert {v: after[v] - before[v] for v in after} == {v: float(n) for v, n in sent.items()}
@@ -387,7 +399,14 @@ def test_bad_input_is_counted_as_400(
 
     def errors() -> float:
         return sum(
-            metric(url, "modelops_serving_errors_total", model="irisg", version=v, code="400")
+            metric(
+                url,
+                "modelops_serving_errors_total",
+                model="irisg",
+                version=v,
+                code="400",
+                transport="grpc",
+            )
             for v in ("", "irisg-v1", "irisg-v2")
         )
 

@@ -166,17 +166,13 @@ NEEDS: tuple[Need, ...] = (
         (Call("controllers/trainingrun.py", "_register", "create_new"),),
     ),
     # --- Deployment controller ----------------------------------------------------------------
+    # ModelVersions and DriftMonitors are read from Kopf's indexes (controllers/watches.py), on
+    # the watch streams above; an obeyed modelops.dev/action annotation is removed by a patch.
     Need(
         "modelops.dev",
-        ("modelversions",),
-        ("list",),
-        (Call("controllers/deployment.py", "_version_specs", "list"),),
-    ),
-    Need(
-        "modelops.dev",
-        ("driftmonitors",),
-        ("list",),
-        (Call("controllers/deployment.py", "_guards", "list"),),
+        ("deployments",),
+        ("patch",),
+        (Call("controllers/deployment.py", "_patch_metadata", "patch"),),
     ),
     # The children of resources/serving.py children(): server-side applied every reconciliation.
     *(
@@ -184,7 +180,7 @@ NEEDS: tuple[Need, ...] = (
             group,
             (resource,),
             ("create", "patch"),
-            (Call("controllers/deployment.py", "_reconcile", "apply"),),
+            (Call("controllers/deployment.py", "_apply", "apply"),),
         )
         for group, resource in (
             ("apps", "deployments"),
@@ -197,11 +193,12 @@ NEEDS: tuple[Need, ...] = (
             ("gateway.networking.k8s.io", "grpcroutes"),
         )
     ),
+    # The serving Deployments' readiness, from Kopf's index on their own watch stream.
     Need(
         "apps",
         ("deployments",),
-        ("get",),
-        (Call("controllers/deployment.py", "_replicas", "get"),),
+        ("list", "watch"),
+        (Code("controllers/watches.py", '@kopf.index("apps", "v1", "deployments"'),),
     ),
     Need(
         "",
@@ -236,7 +233,7 @@ NEEDS: tuple[Need, ...] = (
         "autoscaling",
         ("horizontalpodautoscalers",),
         ("create", "patch"),
-        (Call("controllers/deployment.py", "_reconcile", "apply"),),
+        (Call("controllers/deployment.py", "_apply", "apply"),),
     ),
     Need(
         "autoscaling",

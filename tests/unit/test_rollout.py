@@ -829,3 +829,33 @@ def test_shadow_that_passed_its_gates_awaits_approval() -> None:
     s = requiring_approval(shadow(minAgreement=0.95))
     result = run(shadowing(), cfacts(agreement=Agreement(compared=500, agreed=490)), AFTER, s)
     assert result.state == shadowing() and result.reason == AWAITING_APPROVAL
+
+
+def fairness_monitor(unfair: dict[str, Any], version: str = "iris-v2") -> dict[str, Any]:
+    """A monitor of ``version`` without drift, with a ``FairnessViolated`` condition."""
+    monitor = quality_monitor(None, version=version)
+    monitor["status"]["conditions"].append({"type": "FairnessViolated", **unfair})
+    return monitor
+
+
+@pytest.mark.parametrize(
+    ("monitor", "verdict"),
+    [
+        (fairness_monitor({"status": "False", "reason": "FairnessWithinThreshold"}), None),
+        (fairness_monitor({"status": "Unknown", "reason": "InsufficientLabels"}), None),
+        (
+            fairness_monitor({"status": "True", "message": "dp 0.4"}),
+            ("underperforming", "FairnessViolated: dp 0.4"),
+        ),
+        (fairness_monitor({"status": "True", "message": "dp 0.4"}, version="iris-v1"), None),
+        (
+            fairness_monitor({"status": "Unknown", "reason": "NoGroupLabels", "message": "none"}),
+            ("unknown", "FairnessViolated NoGroupLabels: none"),
+        ),
+    ],
+    ids=["fair", "too-few-labels", "violated", "violated-other-version", "no-group-labels"],
+)
+def test_guard_verdict_on_fairness(
+    monitor: dict[str, Any], verdict: tuple[str, str] | None
+) -> None:
+    assert guard_verdict(monitor, "iris-v2") == verdict

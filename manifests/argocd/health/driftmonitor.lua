@@ -2,6 +2,7 @@
 -- (argocd-cm key resource.customizations.health.modelops.dev_DriftMonitor).
 --   condition Drifted=True                                       -> Degraded
 --   condition Underperforming=True (live quality rule fired)     -> Degraded
+--   condition FairnessViolated=True (live fairness rule fired)   -> Degraded
 --   a monitor that cannot work (invalid spec, reference profile
 --   missing or failing its sha256)                               -> Degraded
 --   no drift (phase Healthy)                                     -> Healthy
@@ -53,9 +54,13 @@ if obj.metadata.generation ~= nil and status.observedGeneration ~= obj.metadata.
 end
 
 local under = condition(status, "Underperforming")
+local unfair = condition(status, "FairnessViolated")
 if (under ~= nil and under.status == "True") or status.phase == "Underperforming" then
   hs.status = "Degraded"
   hs.message = "Underperforming: " .. text(status.message)
+elseif (unfair ~= nil and unfair.status == "True") or status.phase == "FairnessViolated" then
+  hs.status = "Degraded"
+  hs.message = "FairnessViolated: " .. text(unfair ~= nil and unfair.message or status.message)
 elseif (drifted ~= nil and drifted.status == "True") or status.phase == "Drifted" then
   hs.status = "Degraded"
   hs.message = "Drift: " .. text(status.message)

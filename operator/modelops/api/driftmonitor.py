@@ -129,6 +129,67 @@ class QualityRule(Model):
         return self
 
 
+FairnessMetricName = Literal[
+    "demographic_parity_difference",
+    "equalized_odds_difference",
+    "accuracy_difference",
+    "mae_difference",
+]
+FAIRNESS_RATE_BOUND = (
+    "spec.fairness.threshold: a difference of rates must be at most 1"
+    " (a larger MAE gap needs metric: mae_difference)"
+)
+
+
+class FairnessRule(Model):
+    """Live fairness across the groups of one sensitive feature, from joined labels counted
+    per group (groups from the feedback items' ``groups``, or from the model input of that
+    name when the version's ``spec.fairness`` lists it).
+
+    Fires only when a one-sided test between the extreme groups shows the metric above
+    ``threshold`` at ``confidence`` (see :mod:`modelops.drift.fairness_live`)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "(has(self.metric) && self.metric == 'mae_difference')"
+                    " || self.threshold <= 1.0",
+                    "message": FAIRNESS_RATE_BOUND,
+                }
+            ]
+        }
+    )
+
+    sensitive_feature: str = Field(min_length=1, max_length=256)
+    """The feature whose groups are compared, e.g. ``sex``."""
+    metric: FairnessMetricName | None = None
+    """fairlearn's name: ``demographic_parity_difference``, ``equalized_odds_difference``,
+    ``accuracy_difference`` (classifiers), ``mae_difference`` (regressors); by the version's
+    task when omitted (demographic parity, MAE)."""
+    threshold: float = Field(ge=0)
+    """The largest difference between groups tolerated (a share for rates, the target's unit
+    for MAE): fires when the live metric is shown above it."""
+    positive_label: str | None = Field(default=None, max_length=256)
+    """The favourable class of demographic parity and equalized odds (one-vs-rest); the
+    version's ``spec.fairness.positiveLabel``, else the second of two classes, when omitted."""
+    min_labels: int = Field(default=100, ge=1)
+    """Joined labels a group needs to be tested; a group with fewer (and labels) leaves the
+    verdict Unknown unless the others already show a violation."""
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    """Of the test (Bonferroni-corrected for the pairs of groups that could be the extremes)."""
+    window: str | None = Field(default=None, pattern=DURATION_PATTERN)
+    """Labels joined over this long count (default: ``spec.quality.window``, else the
+    monitor's ``window``)."""
+
+    @model_validator(mode="after")
+    def _rate_bound(self) -> FairnessRule:
+        # The CRD's CEL rule says the same; this catches objects that bypassed admission.
+        if self.metric != "mae_difference" and self.threshold > 1:
+            raise ValueError(FAIRNESS_RATE_BOUND)
+        return self
+
+
 class DriftMonitorSpec(Model):
     deployment: str = Field(pattern=DNS_1035_PATTERN, max_length=MAX_NAME_LENGTH)
     """The modelops Deployment whose traffic is watched."""
@@ -154,6 +215,8 @@ class DriftMonitorSpec(Model):
     quality: QualityRule | None = None
     """Also watch live quality from joined labels (condition ``Underperforming``); input drift
     is checked as always."""
+    fairness: FairnessRule | None = None
+    """Also watch live fairness per group from joined labels (condition ``FairnessViolated``)."""
 
     @model_validator(mode="after")
     def _retrain_has_template(self) -> DriftMonitorSpec:
@@ -163,9 +226,13 @@ class DriftMonitorSpec(Model):
         return self
 
 
-DriftPhase = Literal["Pending", "Healthy", "Drifted", "Underperforming", "InsufficientData"]
+DriftPhase = Literal[
+    "Pending", "Healthy", "Drifted", "Underperforming", "FairnessViolated", "InsufficientData"
+]
 """``Underperforming`` (a quality rule fires) wins over the input-drift phases, ``Drifted``
-included: measured harm is the stronger finding. Both conditions say what each check found."""
+included: measured harm is the stronger finding; ``FairnessViolated`` (the fairness rule
+fires) wins over the input-drift phases, not over ``Underperforming``. The conditions say what
+each check found."""
 
 
 class FeatureScore(Model):
@@ -245,6 +312,55 @@ class QualityStatus(Model):
     feedback: FeedbackCounts | None = None
 
 
+FairnessDecision = Literal["Fair", "Violated", "InsufficientLabels", "Unknown"]
+
+
+class FairnessGroupStatus(Model):
+    """One group's joined labels and rates (fairlearn's names: ``selection_rate``,
+    ``true_positive_rate``, ``false_positive_rate``, ``accuracy``, ``mae``)."""
+
+    group: str
+    labels: int = 0
+    rates: dict[str, float] = Field(default_factory=dict)
+    """Undefined rates (a true-positive rate without positives) are left out."""
+    tested: bool = False
+    """At least ``minLabels`` labels: taken into the test."""
+
+
+class FairnessRateTest(Model):
+    """One rate's one-sided test between the tested groups with the highest and lowest rate
+    (:class:`modelops.drift.fairness_live.RateTest`); numbers None when it could not run."""
+
+    rate: str
+    high: str | None = None
+    low: str | None = None
+    difference: float | None = None
+    z: float | None = None
+    p_value: float | None = None
+    """One-sided p-value of "the difference is at most the threshold", before the Bonferroni
+    correction (fires when ``z`` exceeds ``criticalZ``)."""
+    critical_z: float | None = None
+    violated: bool = False
+
+
+class FairnessStatus(Model):
+    """What the last fairness check measured on the monitored version (``status.version``)."""
+
+    sensitive_feature: str
+    metric: FairnessMetricName
+    value: float | None = None
+    """fairlearn's value of the metric over the groups with labels (None without two)."""
+    threshold: float
+    positive_label: str | None = None
+    labels: int = 0
+    """Labels joined with a group of the feature, all groups together."""
+    window: str
+    confidence: float
+    decision: FairnessDecision
+    groups: list[FairnessGroupStatus] = Field(default_factory=list)
+    tests: list[FairnessRateTest] = Field(default_factory=list)
+
+
 class DataVersion(Model):
     """The dataset object the monitor last trained on, or first found (the baseline)."""
 
@@ -277,6 +393,8 @@ class DriftMonitorStatus(Model):
     """With onNewData: the dataset object last accounted for; a newer one is new data."""
     quality: QualityStatus | None = None
     """With ``spec.quality``: live quality, the tests and their decision."""
+    fairness: FairnessStatus | None = None
+    """With ``spec.fairness``: the groups, their rates, the test and its decision."""
     message: str | None = None
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_FIELD)

@@ -3,7 +3,6 @@ test, or a shadow), decide on live quality, roll back."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import time
@@ -16,10 +15,14 @@ from pydantic import ValidationError
 from modelops import API_VERSION, GROUP, VERSION
 from modelops.api.common import now_iso
 from modelops.api.deployment import Deployment
+from modelops.controllers import loop
+from modelops.controllers.loop import snapshot
 from modelops.controllers.main import get_settings, runtime
 from modelops.controllers.metrics import CANARY_WEIGHT, ROLLBACKS
 from modelops.controllers.status import StatusWriter, invalid_spec, reconciling
-from modelops.controllers.windows import merged_quality
+from modelops.controllers.storereads import pod_reports
+from modelops.controllers.watches import Key, deployment_key, first, values
+from modelops.controllers.windows import canary_counts, merged_quality
 from modelops.drift.quality import Agreement, QualityCounts
 from modelops.resources import autoscaling, serving
 from modelops.rollout import (
@@ -32,18 +35,15 @@ from modelops.rollout import (
     State,
     Version,
     guard_verdict,
+    next_due,
     plan,
     quality_window,
 )
-from modelops.serving.table import TRANSIENT_REASON
-from modelops.storage import Location
 
 ACTION_ANNOTATION = f"{GROUP}/action"
 APPROVED_BY_ANNOTATION = f"{GROUP}/approved-by"
 """Who set ``action=approve``; the ValidatingAdmissionPolicy ``modelops-approvals`` only lets
 a user with the approve verb set it, to their own name."""
-REPORT_FRESH_SECONDS = 30.0
-"""A serving pod's report older than this is ignored (the pod is gone or stuck)."""
 
 
 def _version(mv: dict[str, Any]) -> Version:
@@ -63,17 +63,84 @@ def iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-# One level-triggered path per object: a timer fires at once for new and resumed objects,
-# and event handlers stacked beside it would run concurrently with it on the same object.
-@kopf.timer(GROUP, VERSION, "deployments", interval=get_settings().rollout_poll_seconds)
-async def reconcile_deployment(
-    body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any
+RESYNC_SECONDS = 300.0
+"""A Deployment nothing wakes is reconciled again after this long: its children are applied
+and pruned even if unchanged (one deleted by hand comes back), as controller-runtime's resync."""
+LOADING_POLL_SECONDS = get_settings().rollout_poll_seconds
+"""How often a canary still loading looks for its pods' reports (the store sends no events)."""
+PROGRESS_POLL_SECONDS = 5.0
+"""How often a canary in flight re-reads what only the store says (error counts, pods that
+refused it, joined labels); its steps' ends are woken for exactly, not polled."""
+
+
+@dataclass
+class Memory:
+    """What one Deployment's loop remembers between passes: the object its last write
+    returned (:func:`modelops.controllers.loop.fresher`), and its children as last applied."""
+
+    written: dict[str, Any] | None = None
+    applied: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(kind, name) -> the applied manifest's JSON, to skip applying it unchanged."""
+    pruned: frozenset[tuple[str, str]] | None = None
+    synced: float = 0.0
+    """When every child was last applied and pruned regardless of changes."""
+
+
+@dataclass(frozen=True)
+class Caches:
+    """The Kopf indexes a pass reads (see :mod:`modelops.controllers.watches`)."""
+
+    versions: kopf.Index[Key, dict[str, Any]]
+    monitors_by_name: kopf.Index[Key, dict[str, Any]]
+    monitors_by_deployment: kopf.Index[Key, dict[str, Any]]
+    serving: kopf.Index[Key, dict[str, Any]]
+
+
+# One loop per object (a daemon), woken by the watch events that matter to it and by the
+# times its rollout falls due (modelops.controllers.loop): never two passes of one object
+# at once, and no pass when nothing changed.
+@kopf.daemon(GROUP, VERSION, "deployments", cancellation_timeout=30)
+async def deployment_loop(
+    body: kopf.Body,
+    stopped: kopf.DaemonStopped,
+    logger: kopf.Logger,
+    **kwargs: Any,
 ) -> None:
-    async with reconciling("Deployment", body, patch):
-        await _reconcile(body, patch, logger)
+    # the indexes of modelops.controllers.watches, by their functions' names
+    caches = Caches(
+        kwargs["versions_by_model"],
+        kwargs["monitors_by_name"],
+        kwargs["monitors_by_deployment"],
+        kwargs["serving_deployments"],
+    )
+    memory = Memory()
+    key = deployment_key(body["metadata"]["namespace"], body["metadata"]["name"])
+
+    async def one_pass() -> float:
+        current = snapshot(body, memory.written)
+        patch = kopf.Patch()
+        async with reconciling("Deployment", current, patch) as done:
+            delay = await _reconcile(current, patch, logger, caches, memory)
+        memory.written = done.stored or memory.written
+        if patch.get("metadata"):
+            memory.written = await _patch_metadata(current, patch)
+        return delay
+
+    await loop.run(key, stopped, one_pass, logger)
 
 
-async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) -> None:
+async def _patch_metadata(body: kopf.Body, patch: kopf.Patch) -> dict[str, Any]:
+    """Write what the pass left in ``patch`` outside status (a consumed action annotation)."""
+    meta = body["metadata"]
+    return await runtime.cluster.patch(
+        API_VERSION, "Deployment", meta["namespace"], meta["name"], dict(patch)
+    )
+
+
+async def _reconcile(
+    body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, caches: Caches, memory: Memory
+) -> float:
+    """One pass; returns the seconds until the next one is due (its requeue-after)."""
     status = StatusWriter(body, patch)
     # 1: load and validate
     try:
@@ -82,21 +149,22 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) ->
         message = invalid_spec(exc)
         status.set(phase="Degraded", message=message)
         status.condition("Ready", "False", "InvalidSpec", message)
-        return
+        return RESYNC_SECONDS
     name, namespace = dep.metadata["name"], dep.metadata["namespace"]
     current = dict(body.get("status", {}))
     state = State.from_status(current, parse_time)
 
     # 2: the facts the rollout depends on
     annotations = body.get("metadata", {}).get("annotations") or {}
-    specs = await _version_specs(namespace, dep.spec.model)
+    specs = _version_specs(caches, namespace, dep.spec.model)
     # Only about the canary in flight: a rolled-back one's reports and monitors must not
     # speak for the next canary the plan may start in this same pass.
     canary = state.canary if state.canary_active else None
-    loaded, failures = await _pod_reports(
-        namespace, name, canary, every_pod=dep.spec.routing == "model"
+    bucket = get_settings().bucket
+    loaded, failures = await pod_reports(
+        runtime.store, bucket, namespace, name, canary, every_pod=dep.spec.routing == "model"
     )
-    guards = await _guards(dep, canary) if canary else Guards()
+    guards = _guards(caches, dep, canary) if canary else Guards()
     quality = await _quality(dep, state, canary, logger)
     facts = Facts(
         versions=[_version(mv) for mv in specs.values()],
@@ -111,11 +179,12 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) ->
         stable_quality=quality.stable,
         agreement=quality.agreement,
         quality_error=quality.error,
-        **await _canary_counts(namespace, name, state),
+        **await canary_counts(runtime.store, bucket, namespace, name, state),
     )
 
     # 3: decide
-    result = plan(dep.spec, state, facts, time.time())
+    now = time.time()
+    result = plan(dep.spec, state, facts, now)
     new = result.state
 
     # 4: own and apply the children
@@ -124,11 +193,20 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) ->
     if routes:
         # with spec.autoscaling, replicas are left to an autoscaler per serving Deployment
         wanted = autoscaling.autoscaled(dep, serving.children(dep, routes, get_settings()))
+        resync = now - memory.synced >= RESYNC_SECONDS
         for child in wanted:
             kopf.adopt(child, owner=body)
-            await runtime.cluster.apply(child)
-        await _prune(dep, {(c["kind"], c["metadata"]["name"]) for c in wanted})
-        replicas = await _replicas(dep, [v for v, _, _ in result.routes()])
+            # replicas given to the autoscaler at their value, not reset to 1 by their drop
+            last = memory.applied.get((child["kind"], child["metadata"]["name"]))
+            await autoscaling.hand_over_replicas(runtime.cluster, child, last)
+            await _apply(child, memory, caches, force=resync)
+        keep = frozenset((c["kind"], c["metadata"]["name"]) for c in wanted)
+        if resync or keep != memory.pruned:
+            await _prune(dep, keep)
+            memory.pruned = keep
+        if resync:
+            memory.synced = now
+        replicas = await _replicas(dep, [v for v, _, _ in result.routes()], caches)
     ready_replicas = replicas.ready
 
     # 5: report
@@ -165,6 +243,27 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) ->
         consumed[ACTION_ANNOTATION] = None
         if APPROVED_BY_ANNOTATION in annotations:  # a name goes with the action it came with
             consumed[APPROVED_BY_ANNOTATION] = None
+    if annotations.get(ACTION_ANNOTATION) and not result.consume_action:
+        return 0.0  # obeyed: the next pass, from this status, removes it
+    if result.events:
+        # a transition: one more pass soon, as the next state may move on at once
+        return min(LOADING_POLL_SECONDS, requeue_after(dep, new, now))
+    return requeue_after(dep, new, now)
+
+
+def requeue_after(dep: Deployment, state: State, now: float) -> float:
+    """Seconds until the Deployment's next pass is due without any watch event: when its
+    canary's step (test, shadowing) ends, and meanwhile as often as the store's facts need
+    (:data:`LOADING_POLL_SECONDS` while loading, :data:`PROGRESS_POLL_SECONDS` after);
+    :data:`RESYNC_SECONDS` with no canary in flight."""
+    if not state.canary_active:
+        return RESYNC_SECONDS
+    poll = LOADING_POLL_SECONDS if state.step is None else PROGRESS_POLL_SECONDS
+    due = next_due(dep.spec, state, now)
+    if due is None:
+        return poll
+    # a hair after the end: the plan moves on once the whole pause has passed
+    return min(poll, due - now + 0.05)
 
 
 def _record(status: StatusWriter, current: dict[str, Any], event: Event) -> None:
@@ -219,36 +318,10 @@ def _conditions(status: StatusWriter, dep: Deployment, result: Plan, ready: int 
         status.condition("Degraded", "False", "AsExpected", "", event=False)
 
 
-async def _version_specs(namespace: str, model: str) -> dict[str, dict[str, Any]]:
-    """The model's ModelVersions by name (those made by hand carry no label: filter on spec)."""
-    items = await runtime.cluster.list(API_VERSION, "ModelVersion", namespace, {})
-    return {mv["metadata"]["name"]: mv for mv in items if mv.get("spec", {}).get("model") == model}
-
-
-async def _pod_reports(
-    namespace: str, deployment: str, version: str | None, *, every_pod: bool
-) -> tuple[bool, list[str]]:
-    """Whether the serving pods that should hold the version report it loaded (and there is
-    one), and the pods that refused it for good ("pod: Reason"). In model routing every pod
-    holds every version; in gateway routing only the pods whose table lists it."""
-    if version is None:
-        return False, []
-    bucket = get_settings().bucket
-    prefix = Location(bucket, f"{namespace}/serving/{deployment}/pods/")
-    keys = await asyncio.to_thread(runtime.store.list, prefix)
-    fresh = []
-    for key in keys:
-        report = json.loads(await asyncio.to_thread(runtime.store.get, Location(bucket, key)))
-        if time.time() - float(report.get("time", 0)) < REPORT_FRESH_SECONDS and (
-            every_pod or version in report.get("versions", [])
-        ):
-            fresh.append(report)
-    failures = [
-        f"{r.get('pod', '?')}: {reason}"
-        for r in fresh
-        if (reason := r.get("failed", {}).get(version)) and reason != TRANSIENT_REASON
-    ]
-    return bool(fresh) and all(version in r.get("loaded", []) for r in fresh), failures
+def _version_specs(caches: Caches, namespace: str, model: str) -> dict[str, dict[str, Any]]:
+    """The model's ModelVersions by name, from the index (those made by hand carry no label:
+    indexed by spec.model)."""
+    return {mv["metadata"]["name"]: mv for mv in values(caches.versions, (namespace, model))}
 
 
 @dataclass
@@ -261,25 +334,26 @@ class Guards:
     unknown: list[tuple[str, str]] = field(default_factory=list)
 
 
-async def _guards(dep: Deployment, canary: str) -> Guards:
+def _guards(caches: Caches, dep: Deployment, canary: str) -> Guards:
     """The canary's guards (DriftMonitors named in the spec, or aimed here with rollback), by
     what they say of it (:func:`modelops.rollout.guard_verdict`); a named one missing cannot
     evaluate it."""
+    namespace, name = dep.metadata["namespace"], dep.metadata["name"]
     named = set(dep.spec.rollback.drift_monitors)
-    monitors = await runtime.cluster.list(
-        API_VERSION, "DriftMonitor", dep.metadata["namespace"], {}
-    )
-    found = {m["metadata"]["name"] for m in monitors}
-    guards = Guards(unknown=[(m, "DriftMonitor not found") for m in sorted(named - found)])
+    monitors = {
+        m["metadata"]["name"]: m
+        for m in values(caches.monitors_by_deployment, (namespace, name))
+        if m.get("spec", {}).get("action") == "rollback"
+    }
+    for wanted in named:
+        if (found := first(caches.monitors_by_name, (namespace, wanted))) is not None:
+            monitors[wanted] = found
+    guards = Guards(unknown=[(m, "DriftMonitor not found") for m in sorted(named - set(monitors))])
     lists = {"firing": guards.firing, "underperforming": guards.underperforming}
-    for monitor in sorted(monitors, key=lambda m: str(m["metadata"]["name"])):
-        name, spec = monitor["metadata"]["name"], monitor.get("spec", {})
-        aimed = spec.get("deployment") == dep.metadata["name"] and spec.get("action") == "rollback"
-        if name not in named and not aimed:
-            continue
-        verdict = guard_verdict(monitor, canary)
+    for monitor_name in sorted(monitors):
+        verdict = guard_verdict(monitors[monitor_name], canary)
         if verdict is not None:
-            lists.get(verdict[0], guards.unknown).append((name, verdict[1]))
+            lists.get(verdict[0], guards.unknown).append((monitor_name, verdict[1]))
     return guards
 
 
@@ -324,40 +398,6 @@ async def _quality(
     )
 
 
-_window_counts: dict[str, tuple[float, int, int]] = {}
-"""End, requests and errors of each sketch window read (a window is written once)."""
-WINDOW_COUNTS_KEPT = 50_000
-
-
-async def _canary_counts(namespace: str, deployment: str, state: State) -> dict[str, int]:
-    """Requests and errors the canary answered since its current step began."""
-    if not state.canary_active or state.step is None or state.step_started is None:
-        return {"canary_requests": 0, "canary_errors": 0}
-    bucket = get_settings().bucket
-    prefix = Location(bucket, f"{namespace}/sketches/{deployment}/{state.canary}/")
-    requests = errors = 0
-    for key in await asyncio.to_thread(runtime.store.list, prefix):
-        start = key.rsplit("/", 1)[-1].split("-", 1)[0]
-        if not start.isdigit() or int(start) + 60 < state.step_started:
-            continue
-        counts = _window_counts.get(key)
-        if counts is None:
-            window = json.loads(await asyncio.to_thread(runtime.store.get, Location(bucket, key)))
-            counts = (
-                float(window.get("end", 0)),
-                int(window.get("requests", 0)),
-                int(window.get("errors", 0)),
-            )
-            _window_counts[key] = counts
-            while len(_window_counts) > WINDOW_COUNTS_KEPT:
-                del _window_counts[next(iter(_window_counts))]  # the oldest read
-        end, n, failed = counts
-        if end >= state.step_started:
-            requests += n
-            errors += failed
-    return {"canary_requests": requests, "canary_errors": errors}
-
-
 @dataclass(frozen=True)
 class Replicas:
     """Serving pods ready, there now and wanted (None: no serving Deployment yet)."""
@@ -367,10 +407,10 @@ class Replicas:
     desired: int | None = None
 
 
-async def _replicas(dep: Deployment, versions: list[str]) -> Replicas:
+async def _replicas(dep: Deployment, versions: list[str], caches: Caches) -> Replicas:
     """Serving pods of the one server (model routing) or the fewest of any version: ready ones
-    from the apps Deployment; current and desired from its autoscaler once that has a status,
-    else from the apps Deployment (its status, and its spec)."""
+    from the apps Deployment (its index); current and desired from its autoscaler once that
+    has a status, else from the apps Deployment (its status, and its spec)."""
     name, namespace = dep.metadata["name"], dep.metadata["namespace"]
     names = (
         [serving.server_name(name)]
@@ -379,7 +419,7 @@ async def _replicas(dep: Deployment, versions: list[str]) -> Replicas:
     )
     ready, current, desired = [], [], []
     for server in names:
-        obj = await runtime.cluster.get("apps/v1", "Deployment", namespace, server) or {}
+        obj = first(caches.serving, (namespace, server)) or {}
         hpa = None
         if dep.spec.autoscaling is not None:
             hpa = await runtime.cluster.get(
@@ -396,7 +436,23 @@ async def _replicas(dep: Deployment, versions: list[str]) -> Replicas:
     return Replicas(min(ready), min(current), min(desired))
 
 
-async def _prune(dep: Deployment, keep: set[tuple[str, str]]) -> None:
+async def _apply(
+    child: dict[str, Any], memory: Memory, caches: Caches, *, force: bool = False
+) -> None:
+    """Server-side apply ``child`` unless it is what was last applied (and, for a serving
+    Deployment, still exists); ``force`` applies it regardless."""
+    meta = child["metadata"]
+    key = (child["kind"], meta["name"])
+    manifest = json.dumps(child, sort_keys=True)
+    gone = key[0] == "Deployment" and first(caches.serving, (meta["namespace"], key[1])) is None
+    if not force and not gone and memory.applied.get(key) == manifest:
+        return
+    memory.applied.pop(key, None)  # a failed apply is tried again next pass
+    await runtime.cluster.apply(child)
+    memory.applied[key] = manifest
+
+
+async def _prune(dep: Deployment, keep: frozenset[tuple[str, str]]) -> None:
     """Delete owned children no longer wanted (a gateway-mode version that left the table, an
     autoscaler once ``spec.autoscaling`` is removed); ``keep`` holds (kind, name) pairs."""
     namespace = dep.metadata["namespace"]

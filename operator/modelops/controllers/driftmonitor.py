@@ -18,8 +18,11 @@ from pydantic import ValidationError
 from modelops import API_VERSION, GROUP, VERSION
 from modelops.api.common import get_condition, now_iso, parse_duration
 from modelops.api.driftmonitor import DriftMonitor, QualityRule
+from modelops.controllers import loop
 from modelops.controllers.cluster import ApiError
 from modelops.controllers.deployment import parse_time
+from modelops.controllers.fairness import check_fairness, fairness_unknown
+from modelops.controllers.loop import snapshot
 from modelops.controllers.main import get_settings, runtime
 from modelops.controllers.metrics import (
     DRIFT_DETECTED,
@@ -30,6 +33,7 @@ from modelops.controllers.metrics import (
 )
 from modelops.controllers.status import StatusWriter, invalid_spec, reconciling
 from modelops.controllers.triggers import check_triggers, start_retrain
+from modelops.controllers.watches import monitor_key
 from modelops.controllers.windows import LiveQuality, merged_quality, merged_windows
 from modelops.drift import DriftReport, Sketch, detect
 from modelops.drift.detect import missing_features
@@ -56,30 +60,62 @@ error. Retried next interval."""
 FEEDBACK_PREFIX = "-"
 """The pseudo-version under which serving pods write a Deployment's feedback counters."""
 ALL_DISPLAYED = tuple(m for task in DISPLAYED.values() for m in task)
+MIN_WAIT_SECONDS = 0.5
+RESYNC_SECONDS = 300.0
 
 
-# One level-triggered path per object: a timer fires at once for new and resumed objects,
-# and event handlers stacked beside it would run concurrently with it on the same object.
-@kopf.timer(GROUP, VERSION, "driftmonitors", interval=get_settings().drift_poll_seconds)
-async def reconcile_drift_monitor(
-    body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any
+# One loop per object (a daemon, modelops.controllers.loop): it checks when the monitor's
+# interval has passed since its last check, or at once when its spec changes.
+@kopf.daemon(GROUP, VERSION, "driftmonitors", cancellation_timeout=30)
+async def drift_monitor_loop(
+    body: kopf.Body, stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any
 ) -> None:
-    async with reconciling("DriftMonitor", body, patch):
+    written: dict[str, Any] | None = None
+    key = monitor_key(body["metadata"]["namespace"], body["metadata"]["name"])
+
+    async def one_pass() -> float:
+        nonlocal written
+        current = snapshot(body, written)
+        patch = kopf.Patch()
         try:
-            await _reconcile(body, patch, logger)
-        except Exception as exc:
-            # A failed check is the monitor's condition (a guarded canary holds on it), and
-            # is tried again at the monitor's interval, not in Kopf's silent back-off loop.
-            logger.exception("DriftMonitor check failed")
-            meta = body["metadata"]
-            status = StatusWriter(body, patch)
-            status.set(lastCheckTime=now_iso())
-            message = f"{type(exc).__name__}: {exc}"[:1000]
-            _unknown(status, meta["name"], meta["namespace"], CHECK_FAILED, message)
-            if (body.get("spec") or {}).get("quality") is not None:
-                _quality_unknown(status, meta["name"], meta["namespace"], CHECK_FAILED, message)
-            if isinstance(exc, ApiError):
-                raise  # reconciling() decides between Stalled and a retry
+            async with reconciling("DriftMonitor", current, patch) as done:
+                await _check(current, patch, logger)
+        finally:
+            written = done.stored or written
+        return next_check(written or dict(current), time.time())
+
+    await loop.run(key, stopped, one_pass, logger)
+
+
+def next_check(monitor: dict[str, Any], now: float) -> float:
+    """Seconds until the monitor's next check: its interval after ``status.lastCheckTime``
+    (at least :data:`MIN_WAIT_SECONDS`); an invalid interval waits for a spec change."""
+    last = (monitor.get("status") or {}).get("lastCheckTime")
+    try:
+        interval = parse_duration(str((monitor.get("spec") or {}).get("interval", "1m")))
+    except ValueError:
+        return RESYNC_SECONDS
+    if not last:
+        return interval
+    return max(MIN_WAIT_SECONDS, parse_time(last) + interval - now)
+
+
+async def _check(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) -> None:
+    try:
+        await _reconcile(body, patch, logger)
+    except Exception as exc:
+        # A failed check is the monitor's condition (a guarded canary holds on it), and
+        # is tried again at the monitor's interval, not in a silent back-off loop.
+        logger.exception("DriftMonitor check failed")
+        meta = body["metadata"]
+        status = StatusWriter(body, patch)
+        status.set(lastCheckTime=now_iso())
+        message = f"{type(exc).__name__}: {exc}"[:1000]
+        _unknown(status, meta["name"], meta["namespace"], CHECK_FAILED, message)
+        if (body.get("spec") or {}).get("quality") is not None:
+            _quality_unknown(status, meta["name"], meta["namespace"], CHECK_FAILED, message)
+        if isinstance(exc, ApiError):
+            raise  # reconciling() decides between Stalled and a retry
 
 
 async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) -> None:
@@ -94,6 +130,7 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) ->
         status.condition("Drifted", "Unknown", "InvalidSpec", message)
         if (body.get("spec") or {}).get("quality") is not None:
             status.condition(QUALITY_CONDITION, "Unknown", "InvalidSpec", message)
+        fairness_unknown(body, status, "InvalidSpec", message)
         return
     spec = monitor.spec
     generation_seen = current.get("observedGeneration") == body["metadata"].get("generation")
@@ -110,6 +147,7 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) ->
         _unknown(status, name, namespace, "NoTarget", target.why)
         if spec.quality is not None:
             _quality_unknown(status, name, namespace, "NoTarget", target.why)
+        fairness_unknown(body, status, "NoTarget", target.why)
         return
     version = target.version
     status.set(version=version)
@@ -130,6 +168,9 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) ->
         _quality_unknown(status, name, namespace, CHECK_FAILED, message)
         verdict = None
 
+    # 4b: live fairness per sensitive group (modelops.controllers.fairness; never raises)
+    fairness = await check_fairness(monitor, status, version, mv, logger)
+
     # 5: act
     if report is not None and report.dataset_drift and spec.action == "retrain":
         await start_retrain(
@@ -142,6 +183,10 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) ->
         )
     if verdict is not None and verdict.fired and spec.action == "retrain":
         await start_retrain(monitor, body, status, current, "quality", verdict.message)
+    if fairness is not None and fairness.fired and spec.action == "retrain":
+        await start_retrain(
+            monitor, body, status, current, "quality", f"fairness: {fairness.message}"
+        )
 
 
 async def _check_drift(

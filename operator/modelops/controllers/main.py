@@ -87,12 +87,19 @@ async def close(**_: Any) -> None:
         await runtime.cluster.close()
 
 
+def _quiet_wakeups(record: logging.LogRecord) -> bool:
+    """False for Kopf's "Handler 'wake_...' succeeded." (modelops.controllers.watches)."""
+    message = record.getMessage()
+    return not (message.startswith("Handler 'wake_") and message.endswith("' succeeded."))
+
+
 def run_operator(*, verbose: bool = False) -> int:
     # Importing a controller registers its handlers.
     import modelops.controllers.deployment
     import modelops.controllers.driftmonitor
     import modelops.controllers.modelversion
     import modelops.controllers.trainingrun
+    import modelops.controllers.watches
 
     config = get_settings()
     if config.mlflow_tracking_uri:  # off by default: without a URI, no MLflow handler exists
@@ -101,6 +108,8 @@ def run_operator(*, verbose: bool = False) -> int:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # One line per watch event that wakes a loop would drown the log.
+    logging.getLogger("kopf.objects").addFilter(_quiet_wakeups)
     namespaces = [n for n in config.namespaces.split(",") if n]
     liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None
 

@@ -98,3 +98,16 @@ UNDERPERFORMING = Gauge(
     "1 while a quality rule of the monitor fires (Underperforming=True)",
     ["namespace", "monitor"],
 )
+STORE_REQUESTS = Counter(
+    "modelops_store_requests_total",
+    "Requests the operator made to the object store for what serving pods write (sketch "
+    "windows, quality objects, pod reports), by operation (list: one listing, a ListObjectsV2 "
+    "request per 1000 keys; get) and purpose (sketches, canary-counts, quality, pod-reports)",
+    ["op", "purpose"],
+)
+STORE_KEYS_LISTED = Counter(
+    "modelops_store_keys_listed_total",
+    "Keys those store listings returned, by purpose: a listing from start_after returns only "
+    "the keys at or after the first window still wanted",
+    ["purpose"],
+)

@@ -138,8 +138,15 @@ def finite(value: Any) -> tuple[Any, int]:
     return value, 0
 
 
+class Written:
+    """What a pass's status write returned: the whole object as stored (None: nothing
+    written, or the write failed)."""
+
+    stored: dict[str, Any] | None = None
+
+
 @asynccontextmanager
-async def reconciling(kind: str, body: kopf.Body, patch: kopf.Patch) -> AsyncIterator[None]:
+async def reconciling(kind: str, body: kopf.Body, patch: kopf.Patch) -> AsyncIterator[Written]:
     """One reconciliation of ``body``: counted, timed, and its status written by us.
 
     The handler fills ``patch.status`` (through :class:`StatusWriter`); at the end, even when it
@@ -158,9 +165,10 @@ async def reconciling(kind: str, body: kopf.Body, patch: kopf.Patch) -> AsyncIte
     ResourceQuota; 422 Invalid) sets ``Stalled=True`` with the server's message, and a pass
     that completes sets ``Stalled=False``: kstatus and Argo CD read that condition.
     """
+    written = Written()
     with observed(kind):
         try:
-            yield
+            yield written
         except ApiError as exc:
             if exc.status not in STALLING:
                 raise
@@ -173,7 +181,7 @@ async def reconciling(kind: str, body: kopf.Body, patch: kopf.Patch) -> AsyncIte
             if (get_condition(status.conditions, "Stalled") or {}).get("status") == "True":
                 status.condition("Stalled", "False", "Reconciled", "the last pass completed")
         finally:
-            await _write_status(kind, body, patch)
+            written.stored = await _write_status(kind, body, patch)
 
 
 STALLING = {403: "Forbidden", 422: "Invalid"}
@@ -187,10 +195,10 @@ def _server_message(exc: ApiError) -> str:
     return message or str(exc)
 
 
-async def _write_status(kind: str, body: kopf.Body, patch: kopf.Patch) -> None:
+async def _write_status(kind: str, body: kopf.Body, patch: kopf.Patch) -> dict[str, Any] | None:
     pending = patch.pop("status", None)
     if not pending:
-        return
+        return None
     clean, dropped = finite(dict(pending))
     if dropped:
         STATUS_VALUES_DROPPED.labels(kind).inc(dropped)
@@ -203,7 +211,7 @@ async def _write_status(kind: str, body: kopf.Body, patch: kopf.Patch) -> None:
     except ApiError as exc:
         STATUS_WRITE_ERRORS.labels(kind, str(exc.status)).inc()
         if exc.status == 404:
-            return  # deleted meanwhile
+            return None  # deleted meanwhile
         if exc.status not in (400, 422):
             raise kopf.TemporaryError(f"status not written: {exc}", delay=2) from exc
         refused = _server_message(exc)
@@ -212,7 +220,7 @@ async def _write_status(kind: str, body: kopf.Body, patch: kopf.Patch) -> None:
             # The CRD's schema lacks a field the controller writes: a bug, never silent.
             STATUS_FIELDS_PRUNED.labels(kind).inc(len(pruned))
             logger.error("%s status fields pruned by the server: %s", kind, ", ".join(pruned))
-        return
+        return stored
     conditions, _ = set_condition(
         list(body.get("status", {}).get("conditions", [])),
         "Ready",
@@ -228,3 +236,4 @@ async def _write_status(kind: str, body: kopf.Body, patch: kopf.Patch) -> None:
     except ApiError as exc:
         STATUS_WRITE_ERRORS.labels(kind, str(exc.status)).inc()
         raise kopf.TemporaryError(f"status not written: {exc}", delay=5) from exc
+    return None

@@ -77,6 +77,11 @@ def routing_table(dep: Deployment, routes: list[Route]) -> dict[str, Any]:
                     else {}
                 ),
                 "signature": r.spec["signature"],
+                **(
+                    {"sensitiveFeatures": r.spec["fairness"]["sensitiveFeatures"]}
+                    if (r.spec.get("fairness") or {}).get("sensitiveFeatures")
+                    else {}
+                ),
             }
             for r in routes
         ],

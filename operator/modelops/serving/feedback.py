@@ -4,7 +4,10 @@ send back for those ids, joined into live quality counts per version.
 **Ledger.** Every worker remembers, for each inference request that carried an ``id``, the
 version(s) that predicted it and their predictions per row (class indices or values, packed
 in one flat tuple the garbage collector does not track: about 250 bytes per id with one row),
-for at most ``--feedback-ttl`` seconds and
+and, when the answering version's ``spec.fairness.sensitiveFeatures`` names model inputs
+(``sensitiveFeatures`` in the routing table), those inputs' values per row as text (one
+``bytes`` object, each value cut to :data:`MAX_GROUP_VALUE_LENGTH` characters; nothing else
+of the inputs is kept), for at most ``--feedback-ttl`` seconds and
 ``--feedback-max-ids`` ids, oldest evicted first. A request of more than :data:`MAX_ROWS` rows,
 or whose id is longer than :data:`MAX_ID_LENGTH` characters, is not remembered (counted in
 ``modelops_feedback_ledger_dropped_total{reason="too_large"}``). Evicted ids are kept as
@@ -20,7 +23,8 @@ entries it added in that window as one object (only when there are some; at most
     {"deployment": "iris", "pod": "iris-abc-w0", "start": 1.7e9, "end": 1.7e9, "dropped": 0,
      "classes": {"iris-v1": ["setosa", "versicolor", "virginica"]},
      "entries": [["req-1", 1.7e9, "iris-v1", [0, 2]],               # class indices per row
-                 ["req-2", 1.7e9, "iris-v1", [1], "iris-v2", [1]]]}  # + a shadow's
+                 ["req-2", 1.7e9, "iris-v1", [1], "iris-v2", [1]]],  # + a shadow's
+     "groups": {"req-1": {"sex": ["F", "M"]}}}   # sensitive inputs per row, when recorded
 
 A worker receiving feedback looks in its own ledger first; for ids it does not know it reads
 the deployment's prediction logs it has not read yet (listed by the time prefix of their keys,
@@ -39,7 +43,16 @@ its next flush as a quality object (see :class:`modelops.controllers.windows.Liv
     <namespace>/quality/<deployment>/<version>/<start>-<pod>.json
     {"deployment", "version", "pod", "start", "end", "quality": QualityCounts | null,
      "agreement": Agreement | null, "feedback": {"received", "joined", "unknown", "expired",
-     "duplicate", "mismatched"}}
+     "duplicate", "mismatched"}, "groups": {feature: {group: QualityCounts}}}  # when any
+
+**Groups.** A joined label is also counted per sensitive group, for live fairness (a
+DriftMonitor's ``spec.fairness``): in ``"groups": {"sex": {"F": QualityCounts, ...}}`` of the
+quality object. A row's group of a feature comes from the feedback item's ``groups`` (see
+:func:`parse_feedback`), else from the model input of that name recorded at predict time.
+Values are grouped as text (``(missing)`` for null or NaN); each feature keeps at most
+:data:`~modelops.api.modelversion.MAX_GROUPS` groups per window, later ones counted in
+``(other)``; a version's window keeps at most :data:`MAX_GROUP_FEATURES` features, later
+ones are not counted per group.
 
 Counters under the pseudo-version ``-`` are the ids no version could be found for. Feedback is
 counted per item (one id); the confusion matrix and error sums per row. A label is joined at
@@ -55,7 +68,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -63,8 +76,11 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from modelops.api.modelversion import MAX_GROUPS
+from modelops.api.trainingrun import MAX_SENSITIVE_FEATURES
+from modelops.drift.fairness_live import MISSING_GROUP, OTHER_GROUP
 from modelops.drift.quality import MAX_CLASSES, Agreement, QualityCounts
-from modelops.serving.protocol import ProtocolError
+from modelops.serving.protocol import Layout, ProtocolError, Rows
 from modelops.storage import ArtifactStore, Location
 
 logger = logging.getLogger(__name__)
@@ -90,6 +106,10 @@ Result = Literal["joined", "duplicate", "mismatched", "unknown", "expired"]
 RESULTS: tuple[Result, ...] = ("joined", "duplicate", "mismatched", "unknown", "expired")
 COUNTER_KEYS = ("received", *RESULTS)
 """The ``feedback`` counters of a quality object."""
+MAX_GROUP_VALUE_LENGTH = 256
+"""Characters of a group's name kept (as the trainer's fairness table keeps)."""
+MAX_GROUP_FEATURES = 2 * MAX_SENSITIVE_FEATURES
+"""Sensitive features one version's window counts groups of; later ones are not counted."""
 LABEL_FIELDS = {"label": "classification", "labels": "classification"}
 TARGET_FIELDS = {"target": "regression", "targets": "regression"}
 
@@ -103,9 +123,10 @@ the rows' class indices into the names as int32, or (names None) a regressor's p
 as float64, in native byte order (see :func:`answer_values`)."""
 Entry = tuple[Any, ...]
 """What the ledger knows of one request id, as one flat tuple: ``(time answered (epoch
-seconds), versions joined (space-separated), version, names, values, version, names, values,
-...)`` with one :data:`Answer` per version that predicted it, the answering one first (see
-:func:`answers_of`).
+seconds), versions joined (space-separated), groups, version, names, values, version, names,
+values, ...)`` with one :data:`Answer` per version that predicted it, the answering one first
+(see :func:`answers_of`); ``groups`` is ``b""`` or the JSON ``{"sex": ["F", "M"]}`` of the
+sensitive inputs per row (see :func:`input_groups`).
 
 Flat tuples of strings, numbers, bytes and the shared tuple of a version's class names, never
 objects or nested tuples: the cyclic garbage collector stops tracking such a tuple at its
@@ -118,7 +139,60 @@ VALUE = np.dtype(np.float64)
 
 def answers_of(entry: Entry) -> list[Answer]:
     """The answers of a ledger entry, the answering version's first."""
-    return [(entry[i], entry[i + 1], entry[i + 2]) for i in range(2, len(entry), 3)]
+    return [(entry[i], entry[i + 1], entry[i + 2]) for i in range(ANSWERS, len(entry), 3)]
+
+
+ANSWERS = 3
+"""Index of an entry's first answer."""
+
+
+def groups_of(entry: Entry) -> dict[str, list[str]]:
+    """The sensitive inputs an entry recorded, per feature the group of each row ({}: none,
+    or not readable)."""
+    raw: bytes = entry[2]
+    if not raw:
+        return {}
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    return _valid_groups(doc)
+
+
+def _valid_groups(doc: Any) -> dict[str, list[str]]:
+    if not isinstance(doc, dict):
+        return {}
+    return {
+        str(k): [str(g) for g in v]
+        for k, v in list(doc.items())[:MAX_GROUP_FEATURES]
+        if isinstance(v, list) and all(isinstance(g, str) for g in v)
+    }
+
+
+def group_name(value: Any, datatype: str | None = None) -> str:
+    """A value as a group's name: text (``str``), an integral number of an ``INT64`` input
+    without its ``.0``, ``(missing)`` for None or NaN, cut to MAX_GROUP_VALUE_LENGTH."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return MISSING_GROUP
+    if datatype == "INT64" and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    elif datatype == "BOOL" and isinstance(value, int | float):
+        value = bool(value)
+    return str(value)[:MAX_GROUP_VALUE_LENGTH]
+
+
+def input_groups(rows: Rows, layout: Layout, features: Sequence[str]) -> bytes:
+    """The values of the model inputs among ``features`` per row, as an entry's ``groups``
+    (``b""`` when none of them is an input)."""
+    found: dict[str, list[str]] = {}
+    for name in features:
+        i = layout.index.get(name)
+        if i is None:
+            continue
+        column = rows[name] if isinstance(rows, dict) else rows[:, i]
+        datatype = layout.datatypes[i]
+        found[name] = [group_name(v, datatype) for v in np.asarray(column).tolist()]
+    return orjson.dumps(found) if found else b""
 
 
 def joined_of(entry: Entry) -> list[str]:
@@ -228,17 +302,25 @@ class Item:
     """Per row of the request: a class label (str, int, float or bool) or a target value."""
     single: bool
     """Sent as ``label``/``target`` (one row), not as a list."""
+    groups: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """Per sensitive feature sent in ``groups``: the group of each row."""
 
 
 def parse_feedback(doc: Any, task: str | None = None) -> list[Item]:
     """The items of a feedback body ``{"feedback": [{"id": ..., "label"|"labels"|"target"|
-    "targets": ...}, ...]}``; a single item object without the list is accepted too.
+    "targets": ..., "groups": {...}}, ...]}``; a single item object without the list is
+    accepted too.
+
+    ``groups`` (optional) gives the sensitive groups of the item's rows, for live fairness:
+    ``{"sex": "F"}`` (every row of the item in group ``F``) or ``{"sex": ["F", "M"]}`` (one
+    per row, as many as labels), at most MAX_SENSITIVE_FEATURES features; values are strings,
+    numbers, booleans or null (``(missing)``), grouped as text.
 
     ``task`` (the model's, when all its versions share one) makes a target for a classifier,
     or a label for a regressor, an error. Raises :class:`ProtocolError` (400) naming the item
     and what is wrong: not an object, no string ``id``, not exactly one of the four fields,
     an unknown field, labels that are not strings, numbers or booleans, targets that are not
-    finite numbers, or an empty list.
+    finite numbers, an empty list, or malformed ``groups``.
     """
     if not isinstance(doc, dict):
         raise ProtocolError('feedback body must be a JSON object {"feedback": [...]}')
@@ -263,7 +345,7 @@ def _item(x: Any, i: int, task: str | None) -> Item:
         raise ProtocolError(f"{where} needs a non-empty string 'id'")
     where = f"{where} (id {rid[:100]!r})"
     given = [k for k in (*LABEL_FIELDS, *TARGET_FIELDS) if k in x]
-    unknown = sorted(set(x) - {"id", *LABEL_FIELDS, *TARGET_FIELDS})
+    unknown = sorted(set(x) - {"id", "groups", *LABEL_FIELDS, *TARGET_FIELDS})
     if unknown:
         raise ProtocolError(f"{where}: unknown field(s) {', '.join(unknown)}")
     if len(given) != 1:
@@ -284,7 +366,37 @@ def _item(x: Any, i: int, task: str | None) -> Item:
     if not isinstance(values, list) or not values:
         raise ProtocolError(f"{where}: {name!r} must be a non-empty list")
     check = _label if kind == "classification" else _target
-    return Item(rid, kind, tuple(check(v, where, name) for v in values), single)
+    checked = tuple(check(v, where, name) for v in values)
+    groups = _groups(x["groups"], len(checked), where) if "groups" in x else ()
+    return Item(rid, kind, checked, single, groups)
+
+
+def _groups(raw: Any, rows: int, where: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``groups`` of one item: per feature, the group of each of its ``rows``."""
+    shape = '{"feature": value or [one value per row]}'
+    if not isinstance(raw, dict) or not raw:
+        raise ProtocolError(f"{where}: 'groups' must be a non-empty object {shape}")
+    if len(raw) > MAX_SENSITIVE_FEATURES:
+        raise ProtocolError(
+            f"{where}: 'groups' names {len(raw)} features, at most {MAX_SENSITIVE_FEATURES}"
+        )
+    found = []
+    for feature, value in raw.items():
+        if not feature or len(feature) > MAX_GROUP_VALUE_LENGTH:
+            raise ProtocolError(f"{where}: a 'groups' feature name must have 1 to 256 characters")
+        values = value if isinstance(value, list) else [value] * rows
+        if len(values) != rows:
+            raise ProtocolError(
+                f"{where}: groups[{feature[:100]!r}] has {len(values)} values for {rows} rows"
+            )
+        for v in values:
+            if not (v is None or isinstance(v, str | int | float)):  # bool is an int
+                raise ProtocolError(
+                    f"{where}: groups[{feature[:100]!r}] takes strings, numbers, booleans or"
+                    " null (one, or a list of one per row)"
+                )
+        found.append((feature, tuple(group_name(v) for v in values)))
+    return tuple(found)
 
 
 def _label(v: Any, where: str, name: str) -> Any:
@@ -363,6 +475,8 @@ class _Window:
 
     start: float
     quality: dict[str, QualityCounts] = field(default_factory=dict)
+    groups: dict[str, dict[str, dict[str, QualityCounts]]] = field(default_factory=dict)
+    """Per version, per sensitive feature, per group: the labels joined."""
     agreement: dict[str, Agreement] = field(default_factory=dict)
     counters: dict[str, dict[str, int]] = field(default_factory=dict)
     log: list[str] = field(default_factory=list)
@@ -460,10 +574,12 @@ class Feedback:
         classes: Sequence[str] | None,
         values: npt.NDArray[Any],
         now: float | None = None,
+        groups: bytes = b"",
     ) -> Entry | None:
         """Remember what ``version`` predicted for request ``rid`` (``values``: class indices
-        into ``classes``, or values with ``classes`` None); the entry, or None when the
-        request is too large or its id too long to remember."""
+        into ``classes``, or values with ``classes`` None; ``groups``: the sensitive inputs
+        of its rows, from :func:`input_groups`); the entry, or None when the request is too
+        large or its id too long to remember."""
         n = len(values)
         if n > MAX_ROWS or len(rid) > MAX_ID_LENGTH:
             self._dropped("too_large", 1)
@@ -472,6 +588,7 @@ class Feedback:
         entry: Entry = (
             self.clock() if now is None else now,
             "",
+            groups,
             version,
             names,
             _encode(names, values),
@@ -596,6 +713,7 @@ class Feedback:
         if any(not self._fits(item, a) for a in todo):
             return self._decide(model, owner, "mismatched")
         quality = self._window.quality
+        groups = _row_groups(item, entry)
         for answer in todo:
             name, classes, values = answer[0], answer[1], answer_values(answer)
             counts = quality.get(name)
@@ -607,11 +725,45 @@ class Feedback:
                 true = [class_name(v, classes) for v in item.values]
                 counts.add_classification(true, [classes[i] for i in values.tolist()])
             quality[name] = counts
+            if groups:
+                self._count_groups(name, classes, item, values, groups)
             if name != owner:  # a shadow's join: its own counters
                 self._decide(model, name, "joined")
         now_joined = " ".join([*joined, *(a[0] for a in todo)])
         ledger.replace(item.id, entry, (entry[0], now_joined, *entry[2:]))
         return self._decide(model, owner, "joined")
+
+    def _count_groups(
+        self,
+        version: str,
+        classes: tuple[str, ...] | None,
+        item: Item,
+        values: npt.NDArray[Any],
+        groups: dict[str, list[str]],
+    ) -> None:
+        """Add the item's rows to the counts of their group of each sensitive feature (at
+        most MAX_GROUPS groups a feature, later ones in ``(other)``)."""
+        features = self._window.groups.setdefault(version, {})
+        for feature, names in groups.items():
+            table = features.get(feature)
+            if table is None:
+                if len(features) >= MAX_GROUP_FEATURES:
+                    continue
+                table = features[feature] = {}
+            rows: dict[str, list[int]] = {}
+            for i, group in enumerate(names):
+                if group not in table and len(table) - (OTHER_GROUP in table) >= MAX_GROUPS:
+                    group = OTHER_GROUP
+                rows.setdefault(group, []).append(i)
+                if group not in table:  # reserve its place so the cap counts it
+                    table[group] = _empty(classes)
+            for group, index in rows.items():
+                counts = table[group]
+                if classes is None:
+                    counts.add_regression([item.values[i] for i in index], values[index])
+                else:
+                    true = [class_name(item.values[i], classes) for i in index]
+                    counts.add_classification(true, [classes[int(values[i])] for i in index])
 
     def _fits(self, item: Item, answer: Answer) -> bool:
         """The item's labels are of the answer's kind and one per predicted row (and a
@@ -696,6 +848,9 @@ class Feedback:
         or a malformed object, are skipped)."""
         classes = doc.get("classes")
         entries = doc.get("entries")
+        groups = doc.get("groups")
+        if not isinstance(groups, dict):
+            groups = None
         if not isinstance(classes, dict) or not isinstance(entries, list):
             logger.warning("a prediction log of pod %r is malformed: skipped", doc.get("pod"))
             return
@@ -703,7 +858,7 @@ class Feedback:
         names = {v: tuple(str(c) for c in c_) for v, c_ in classes.items() if isinstance(c_, list)}
         cutoff = now - self.ttl
         for raw in entries:
-            parsed = _parse_entry(raw, names)
+            parsed = _parse_entry(raw, names, groups)
             if parsed is None:
                 continue
             rid, entry = parsed
@@ -797,6 +952,21 @@ class Feedback:
             logger.warning("could not delete old prediction logs: %s", exc)
 
 
+def _empty(classes: tuple[str, ...] | None) -> QualityCounts:
+    if classes is None:
+        return QualityCounts.empty("regression")
+    return QualityCounts.empty("classification", classes)
+
+
+def _row_groups(item: Item, entry: Entry) -> dict[str, list[str]]:
+    """Per sensitive feature, the group of each row of a joined item: the item's own
+    ``groups``, else the inputs recorded with its prediction (one per row, or not used)."""
+    found = groups_of(entry)
+    found.update((feature, list(names)) for feature, names in item.groups)
+    rows = len(item.values)
+    return {f: names for f, names in found.items() if len(names) == rows}
+
+
 def _start_of(key: str) -> float | None:
     """The window start a ``<start>-<pod>.json`` key names (None: not such a key)."""
     start, _, rest = key.rsplit("/", 1)[-1].partition("-")
@@ -805,15 +975,19 @@ def _start_of(key: str) -> float | None:
     return float(start)
 
 
-def _parse_entry(raw: Any, classes: dict[str, tuple[str, ...]]) -> tuple[str, Entry] | None:
+def _parse_entry(
+    raw: Any, classes: dict[str, tuple[str, ...]], groups: Mapping[str, Any] | None = None
+) -> tuple[str, Entry] | None:
     """``[id, time, version, [values], version, [values], ...]`` -> an entry (None: invalid);
-    ``classes``: the log's class names per classifier version."""
+    ``classes``: the log's class names per classifier version; ``groups``: the log's
+    sensitive inputs by id."""
     if not isinstance(raw, list) or len(raw) < 4 or len(raw) % 2:
         return None
     rid, when = raw[0], raw[1]
     if not isinstance(rid, str) or not isinstance(when, int | float):
         return None
-    entry: list[Any] = [float(when), ""]
+    found = _valid_groups((groups or {}).get(rid))
+    entry: list[Any] = [float(when), "", orjson.dumps(found) if found else b""]
     for version, values in zip(raw[2::2], raw[3::2], strict=True):
         if not isinstance(version, str) or not isinstance(values, list) or not values:
             return None
@@ -832,7 +1006,10 @@ def _log_document(
 ) -> bytes:
     classes: dict[str, tuple[str, ...]] = {}
     rows = []
+    groups: dict[str, Any] = {}
     for rid, entry in entries:
+        if entry[2]:
+            groups[rid] = orjson.Fragment(entry[2])
         row: list[Any] = [rid, round(entry[0], 3)]
         for answer in answers_of(entry):
             if answer[1] is not None:
@@ -849,6 +1026,7 @@ def _log_document(
             "dropped": window.log_dropped,
             "classes": classes,
             "entries": rows,
+            **({"groups": groups} if groups else {}),
         }
     )
 
@@ -860,6 +1038,10 @@ def _quality_documents(
     for version in versions:
         quality = window.quality.get(version)
         agreement = window.agreement.get(version)
+        groups = {
+            feature: {g: c.to_dict() for g, c in table.items() if c.labels}
+            for feature, table in window.groups.get(version, {}).items()
+        }
         yield (
             version,
             {
@@ -871,6 +1053,7 @@ def _quality_documents(
                 "quality": quality.to_dict() if quality is not None else None,
                 "agreement": agreement.to_dict() if agreement is not None else None,
                 "feedback": window.counters.get(version) or dict.fromkeys(COUNTER_KEYS, 0),
+                **({"groups": groups} if groups else {}),
             },
         )
 

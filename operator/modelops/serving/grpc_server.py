@@ -7,9 +7,10 @@ same routing table and canary split (the table's sticky header is read from the 
 metadata), the same ledger of request ids (feedback is REST only) and shadow copies, the same
 validation (a gRPC request is turned into the REST request document and checked by
 :func:`modelops.serving.protocol.decode`), the same micro-batcher, counters and sketch
-windows. gRPC requests are counted in the REST metrics (``modelops_serving_requests_total``
-and the rest carry no transport label); an error is counted under the HTTP status the REST
-API would have answered (``code="400"`` for INVALID_ARGUMENT, 404 NOT_FOUND, 503 UNAVAILABLE).
+windows. gRPC requests are counted in the serving metrics with ``transport="grpc"``
+(``modelops_serving_requests_total`` and the rest); an error is counted under the HTTP status
+the REST API would have answered (``code="400"`` for INVALID_ARGUMENT, 404 NOT_FOUND, 503
+UNAVAILABLE).
 
 Inputs come as ``raw_input_contents`` (little-endian bytes, what Triton clients send by default;
 BYTES elements each prefixed by a 4-byte length) or typed ``contents``. Outputs go back as
@@ -281,7 +282,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         try:
             self._known(state, request.model_name)
         except Abort as exc:
-            server.metrics.stats("", NO_VERSION).observe(time.perf_counter() - started, exc.status)
+            server.metrics.stats("", NO_VERSION).grpc.observe(
+                time.perf_counter() - started, exc.status
+            )
             await context.abort(exc.code, str(exc))
         served: ServedVersion | None = None
         status = 500
@@ -302,7 +305,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             prediction = await server.batcher.submit(served, decoded.rows, decoded.n, decoded.proba)
             response = self._response(state, served, rid, wanted, prediction, decoded.n)
             status = 200
-            server.answered(state, served, rid, routed, decoded, prediction, doc, None)
+            server.answered(state, served, rid, routed, decoded, prediction, doc, None, "grpc")
             return response
         except ProtocolError as exc:
             status = exc.status
@@ -311,7 +314,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             stats = (
                 served.stats if served is not None else server.metrics.stats(state.model_name, "")
             )
-            stats.observe(time.perf_counter() - started, status)
+            stats.grpc.observe(time.perf_counter() - started, status)
         await context.abort(abort.code, str(abort))
 
     def _response(

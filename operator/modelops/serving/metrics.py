@@ -1,5 +1,9 @@
 """Prometheus metrics of the model server, kept as plain counters on the hot path.
 
+``modelops_serving_requests_total``, ``_errors_total{code}`` and
+``_request_duration_seconds`` are labelled ``model``, ``version`` and ``transport`` (``rest`` or
+``grpc``); rows and predicted classes are per version only.
+
 Counting is a few integer increments per request and one ``bincount`` per batch; the
 Prometheus text is built only when ``/metrics`` is scraped. With several worker processes
 each keeps its own counters and writes a snapshot file every second; whichever worker
@@ -52,26 +56,57 @@ def bucket_key(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(bound)
 
 
-@dataclass
-class VersionStats:
-    """Cumulative counters of one (model, version); only ever incremented."""
+TRANSPORTS = ("rest", "grpc")
+"""Values of the ``transport`` label: the Open Inference Protocol over HTTP/REST or gRPC."""
 
-    model: str
-    version: str
+
+@dataclass
+class TransportStats:
+    """Requests, errors (by HTTP status; gRPC errors by the status they map from) and latency
+    of one (model, version) over one transport; only ever incremented."""
+
     requests: int = 0
-    rows: int = 0
     errors: dict[int, int] = field(default_factory=dict)
     latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     latency_sum: float = 0.0
-    classes: list[str] = field(default_factory=list)
-    class_counts: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def observe(self, seconds: float, status: int) -> None:
+        """One request answered with ``status`` after ``seconds``."""
         self.requests += 1
         self.latency[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.latency_sum += seconds
         if status >= 400:
             self.errors[status] = self.errors.get(status, 0) + 1
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "errors": {str(k): v for k, v in self.errors.items()},
+            "latency": list(self.latency),
+            "latencySum": self.latency_sum,
+        }
+
+
+@dataclass
+class VersionStats:
+    """Cumulative counters of one (model, version); only ever incremented. Requests, errors
+    and latency are kept per transport (``rest``, ``grpc``), rows and classes per version."""
+
+    model: str
+    version: str
+    rows: int = 0
+    rest: TransportStats = field(default_factory=TransportStats)
+    grpc: TransportStats = field(default_factory=TransportStats)
+    classes: list[str] = field(default_factory=list)
+    class_counts: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def transport(self, name: str) -> TransportStats:
+        """The counters of transport ``name`` (one of :data:`TRANSPORTS`); KeyError otherwise."""
+        if name == "rest":
+            return self.rest
+        if name == "grpc":
+            return self.grpc
+        raise KeyError(name)
 
     def add_class_counts(self, classes: list[str], counts: npt.NDArray[np.int64]) -> None:
         """One batch of predictions, counted per class of the version (``classes``)."""
@@ -81,18 +116,26 @@ class VersionStats:
         self.class_counts += counts
 
     @property
+    def requests(self) -> int:
+        """Requests over every transport."""
+        return self.rest.requests + self.grpc.requests
+
+    @property
     def error_count(self) -> int:
-        return sum(self.errors.values())
+        """Error answers over every transport."""
+        return sum(self.rest.errors.values()) + sum(self.grpc.errors.values())
+
+    @property
+    def latency(self) -> list[int]:
+        """Requests per latency bucket (:data:`LATENCY_BUCKETS`, then +Inf), every transport."""
+        return [a + b for a, b in zip(self.rest.latency, self.grpc.latency, strict=True)]
 
     def snapshot(self) -> dict[str, Any]:
         return {
             "model": self.model,
             "version": self.version,
-            "requests": self.requests,
             "rows": self.rows,
-            "errors": {str(k): v for k, v in self.errors.items()},
-            "latency": list(self.latency),
-            "latencySum": self.latency_sum,
+            "transports": {name: self.transport(name).snapshot() for name in TRANSPORTS},
             "classes": dict(zip(self.classes, self.class_counts.tolist(), strict=True)),
         }
 
@@ -233,19 +276,23 @@ class _Collector:
     def collect(self) -> Iterator[Metric]:
         merged = _merge(self.snapshots)
         labels = ["model", "version"]
+        by_transport = [*labels, "transport"]
         requests = CounterMetricFamily(
-            "modelops_serving_requests", "Inference requests, by version answered", labels=labels
+            "modelops_serving_requests",
+            "Inference requests, by version answered and transport (rest, grpc)",
+            labels=by_transport,
         )
         rows = CounterMetricFamily("modelops_serving_rows", "Rows predicted", labels=labels)
         errors = CounterMetricFamily(
             "modelops_serving_errors",
-            "Inference requests answered with an error, by HTTP status",
-            labels=[*labels, "code"],
+            "Inference requests answered with an error, by HTTP status (gRPC: the status its "
+            "code maps from) and transport",
+            labels=[*by_transport, "code"],
         )
         latency = HistogramMetricFamily(
             "modelops_serving_request_duration_seconds",
-            "Time from request body to response, per inference request",
-            labels=labels,
+            "Time from request body to response, per inference request, by transport",
+            labels=by_transport,
         )
         predictions = CounterMetricFamily(
             "modelops_serving_predictions",
@@ -253,11 +300,14 @@ class _Collector:
             labels=[*labels, "class"],
         )
         for (model, version), v in sorted(merged["versions"].items()):
-            requests.add_metric([model, version], v["requests"])
             rows.add_metric([model, version], v["rows"])
-            for code, n in sorted(v["errors"].items()):
-                errors.add_metric([model, version, code], n)
-            latency.add_metric([model, version], _cumulative(v["latency"]), v["latencySum"])
+            for transport in TRANSPORTS:
+                t = v["transports"][transport]
+                key = [model, version, transport]
+                requests.add_metric(key, t["requests"])
+                for code, n in sorted(t["errors"].items()):
+                    errors.add_metric([*key, code], n)
+                latency.add_metric(key, _cumulative(t["latency"]), t["latencySum"])
             for cls, n in sorted(v["classes"].items()):
                 predictions.add_metric([model, version, cls], n)
         yield from (requests, rows, errors, latency, predictions)
@@ -373,19 +423,18 @@ def _merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
             into = versions.setdefault(
                 key,
                 {
-                    "requests": 0,
                     "rows": 0,
-                    "errors": {},
-                    "latency": [0] * (len(LATENCY_BUCKETS) + 1),
-                    "latencySum": 0.0,
+                    "transports": {t: _empty_transport() for t in TRANSPORTS},
                     "classes": {},
                 },
             )
-            into["requests"] += v["requests"]
             into["rows"] += v["rows"]
-            into["latencySum"] += v["latencySum"]
-            into["latency"] = [a + b for a, b in zip(into["latency"], v["latency"], strict=True)]
-            _add(into["errors"], v["errors"])
+            for transport, t in v["transports"].items():
+                acc = into["transports"][transport]
+                acc["requests"] += t["requests"]
+                acc["latencySum"] += t["latencySum"]
+                acc["latency"] = [a + b for a, b in zip(acc["latency"], t["latency"], strict=True)]
+                _add(acc["errors"], t["errors"])
             _add(into["classes"], v["classes"])
         batches = [a + b for a, b in zip(batches, snap["batches"], strict=True)]
         batch_rows += snap["batchRows"]
@@ -408,6 +457,15 @@ def _merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
         "ledgerDropped": dropped,
         "objectsWritten": written,
         "ledger": ledger,
+    }
+
+
+def _empty_transport() -> dict[str, Any]:
+    return {
+        "requests": 0,
+        "errors": {},
+        "latency": [0] * (len(LATENCY_BUCKETS) + 1),
+        "latencySum": 0.0,
     }
 
 

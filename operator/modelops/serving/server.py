@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -30,7 +31,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from modelops import __version__
 from modelops.serving.batcher import Batcher, Prediction
-from modelops.serving.feedback import Feedback, parse_feedback
+from modelops.serving.feedback import Feedback, input_groups, parse_feedback
 from modelops.serving.http import HttpServer, Request, Response
 from modelops.serving.metrics import NO_VERSION, ServerMetrics
 from modelops.serving.protocol import (
@@ -83,6 +84,21 @@ def _no_endpoint(method: str, path: str) -> Response:
 
 
 BINARY = "application/octet-stream"
+
+
+@dataclass(slots=True)
+class _Pending:
+    """An inference request waiting for its batch."""
+
+    answer: asyncio.Future[Response]
+    state: ServingState
+    served: ServedVersion
+    rid: str | None
+    routed: bool
+    decoded: Decoded
+    doc: dict[str, Any]
+    binary: bytes | memoryview | None
+    started: float
 
 
 class ModelServer:
@@ -173,14 +189,18 @@ class ModelServer:
 
     # -- inference --------------------------------------------------------------------------------
 
-    async def infer(self, request: Request, name: str, version: str | None) -> Response:
+    def infer(
+        self, request: Request, name: str, version: str | None
+    ) -> Response | asyncio.Future[Response]:
+        """``POST .../infer``: a bad request is answered at once; a valid one joins the next
+        batch and its answer is a future the batch completes (:meth:`_predicted`), so a
+        request costs no task of its own."""
         started = time.perf_counter()
         state = self.manager.state
         if not state.knows(name):
-            self.metrics.stats("", NO_VERSION).observe(time.perf_counter() - started, 404)
+            self.metrics.stats("", NO_VERSION).rest.observe(time.perf_counter() - started, 404)
             return self._unknown_model(state, name)
         served: ServedVersion | None = None
-        header_length: int | None = None
         try:
             body = request.body
             if request.content_encoding is not None:
@@ -199,21 +219,62 @@ class ModelServer:
             model = served.model
             assert model is not None
             decoded = decode(doc, model.layout, classifier=model.classifier, binary=binary)
-            prediction = await self.batcher.submit(served, decoded.rows, decoded.n, decoded.proba)
-            body, header_length = self._answer(
-                state, served, rid, prediction, decoded.n, decoded.outputs
-            )
-            status = 200
-            self.answered(state, served, rid, version is None, decoded, prediction, doc, binary)
         except ProtocolError as exc:
-            status, body = exc.status, error_body(str(exc))
-        stats = served.stats if served is not None else self.metrics.stats(state.model_name, "")
-        stats.observe(time.perf_counter() - started, status)
-        if header_length is None:
-            return Response(status, body)
-        return Response(
-            status, body, BINARY, b"Inference-Header-Content-Length: %d\r\n" % header_length
+            stats = served.stats if served is not None else self.metrics.stats(state.model_name, "")
+            stats.rest.observe(time.perf_counter() - started, exc.status)
+            return Response(exc.status, error_body(str(exc)))
+        answer: asyncio.Future[Response] = self.batcher.loop().create_future()
+        pending = _Pending(
+            answer, state, served, rid, version is None, decoded, doc, binary, started
         )
+        self.batcher.submit_then(
+            served,
+            decoded.rows,
+            decoded.n,
+            decoded.proba,
+            functools.partial(self._predicted, pending),
+        )
+        return answer
+
+    def _predicted(
+        self, p: _Pending, prediction: Prediction | None, error: ProtocolError | None
+    ) -> None:
+        """The batch of an inference request is predicted: answer it."""
+        if p.answer.done():
+            return
+        try:
+            header_length: int | None = None
+            if prediction is None:
+                assert error is not None
+                status, body = error.status, error_body(str(error))
+            else:
+                body, header_length = self._answer(
+                    p.state, p.served, p.rid, prediction, p.decoded.n, p.decoded.outputs
+                )
+                status = 200
+                self.answered(
+                    p.state,
+                    p.served,
+                    p.rid,
+                    p.routed,
+                    p.decoded,
+                    prediction,
+                    p.doc,
+                    p.binary,
+                    "rest",
+                )
+            p.served.stats.rest.observe(time.perf_counter() - p.started, status)
+        except Exception as exc:  # a bug: the HTTP layer logs it and answers 500
+            p.answer.set_exception(exc)
+            return
+        if header_length is None:
+            p.answer.set_result(Response(status, body))
+        else:
+            p.answer.set_result(
+                Response(
+                    status, body, BINARY, b"Inference-Header-Content-Length: %d\r\n" % header_length
+                )
+            )
 
     def answered(
         self,
@@ -225,16 +286,21 @@ class ModelServer:
         prediction: Prediction,
         doc: dict[str, Any],
         binary: bytes | memoryview | None,
+        transport: str,
     ) -> None:
-        """After a successful prediction (any transport): remember it under its id, and hand
-        a copy to the shadow versions when stable answered a routed request."""
+        """After a successful prediction over ``transport`` (``rest``, ``grpc``): remember it
+        under its id, and hand a copy to the shadow versions when stable answered a routed
+        request (the copies are counted under the same transport)."""
         model = served.model
         assert model is not None
         try:
             entry = None
             if rid is not None:
                 classes = model.class_names if model.classifier else None
-                entry = self.feedback.record(rid, served.name, classes, prediction.values)
+                groups = input_groups(decoded.rows, model.layout, served.entry.sensitive_features)
+                entry = self.feedback.record(
+                    rid, served.name, classes, prediction.values, groups=groups
+                )
             shadows = state.shadows_of(served) if routed else ()
             if shadows:
                 self.shadows.submit(
@@ -248,6 +314,7 @@ class ModelServer:
                     prediction.values,
                     rid,
                     entry,
+                    transport,
                 )
         except Exception:  # the client's answer is ready: bookkeeping must not cost it
             logger.exception("could not remember or shadow the request %r", rid)

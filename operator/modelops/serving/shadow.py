@@ -56,6 +56,8 @@ class _Copy:
     entry: Entry | None
     """The request's ledger entry, when it had an id and was remembered."""
     queued: float
+    transport: str
+    """Of the request copied: the copy's requests, errors and latency are counted under it."""
 
 
 class Shadows:
@@ -87,6 +89,7 @@ class Shadows:
         stable: npt.NDArray[Any],
         rid: str | None,
         entry: Entry | None,
+        transport: str = "rest",
     ) -> None:
         """Hand over a copy of a request ``answered`` (stable) predicted as ``stable``, for
         each of ``shadows``; ``rows`` are its decoded inputs, ``doc`` (and ``binary``) the
@@ -99,7 +102,9 @@ class Shadows:
                 self.metrics.count_shadow(model, shadow.name, "shed")
                 continue
             self.in_flight += n
-            copy = _Copy(model, shadow, answered, rows, n, doc, binary, stable, rid, entry, now)
+            copy = _Copy(
+                model, shadow, answered, rows, n, doc, binary, stable, rid, entry, now, transport
+            )
             loop.call_soon(self._start, copy)
 
     def _start(self, copy: _Copy) -> None:
@@ -132,7 +137,7 @@ class Shadows:
     def _done(self, copy: _Copy, prediction: Prediction | None, status: int) -> None:
         self.in_flight -= copy.n
         shadow = copy.shadow
-        shadow.stats.observe(time.perf_counter() - copy.queued, status)
+        shadow.stats.transport(copy.transport).observe(time.perf_counter() - copy.queued, status)
         self.metrics.count_shadow(copy.model, shadow.name, "predicted" if prediction else "error")
         if prediction is None:
             return

@@ -6,7 +6,8 @@ ConfigMap, key ``routing.json``) and every serving pod (which reads it).
        {"name": "iris-v1", "role": "stable", "weight": 90,
         "artifact": {"uri": "s3://modelops/default/iris/<uid>/model.skops", "sha256": "..."},
         "profile": {"uri": "s3://modelops/default/iris/<uid>/profile.json", "sha256": "..."},
-        "signature": {"task": "classification", "inputs": [...], "classes": [...]}},
+        "signature": {"task": "classification", "inputs": [...], "classes": [...]},
+        "sensitiveFeatures": ["sex"]},                # optional: for live fairness
        {"name": "iris-v2", "role": "canary", "weight": 10, ...}]}
 
 Weights are integers that sum to 100; a version at weight 0 stays loaded and answers only
@@ -59,6 +60,9 @@ class VersionEntry(Model):
     signature: Signature
     number: int | None = Field(default=None, ge=1)
     """The version number; taken from a ``-v<N>`` name suffix when absent."""
+    sensitive_features: list[str] = Field(default_factory=list)
+    """The version's ``spec.fairness.sensitiveFeatures``: those that are model inputs are
+    recorded per request id with its predictions, so joined labels count per group."""
 
     @property
     def version_number(self) -> int | None:

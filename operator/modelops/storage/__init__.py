@@ -180,9 +180,14 @@ class ArtifactStore:
             raise ArtifactError("StoreUnavailable", f"{loc.uri}: {exc}") from None
         return _object_info(loc, obj.etag, obj.last_modified, obj.size)
 
-    def list_objects(self, loc: Location) -> list[ObjectInfo]:
+    def list_objects(self, loc: Location, *, start_after: str | None = None) -> list[ObjectInfo]:
         """Every object under the prefix ``loc.key``, recursively, with ETag, last-modified
-        time and size: one ListObjectsV2 request per 1000 keys, no object read.
+        time and size, in key order: one ListObjectsV2 request per 1000 keys, no object read.
+
+        ``start_after`` (a key, not necessarily an existing one) lists only the keys after it
+        in S3's order (UTF-8 bytes, so for ASCII keys Python's ``str`` order); the server
+        skips the others, they are neither sent nor counted against the 1000 of a page. It is
+        ListObjectsV2's ``StartAfter`` (exclusive).
 
         An absent bucket lists as empty. Raises :class:`ArtifactError` ``StoreUnavailable``
         when the store does not answer or refuses.
@@ -190,7 +195,9 @@ class ArtifactStore:
         try:
             return [
                 _object_info(Location(loc.bucket, o.object_name), o.etag, o.last_modified, o.size)
-                for o in self.client.list_objects(loc.bucket, prefix=loc.key, recursive=True)
+                for o in self.client.list_objects(
+                    loc.bucket, prefix=loc.key, recursive=True, start_after=start_after
+                )
                 if o.object_name and not o.is_dir
             ]
         except S3Error as exc:
@@ -202,11 +209,14 @@ class ArtifactStore:
         except HTTPError as exc:
             raise ArtifactError("StoreUnavailable", f"{loc.uri}: {exc}") from None
 
-    def list(self, loc: Location) -> list[str]:
-        """Keys under a prefix, recursively."""
+    def list(self, loc: Location, *, start_after: str | None = None) -> list[str]:
+        """Keys under a prefix, recursively, in key order; with ``start_after``, only the keys
+        after it (as :meth:`list_objects`)."""
         return [
             str(o.object_name)
-            for o in self.client.list_objects(loc.bucket, prefix=loc.key, recursive=True)
+            for o in self.client.list_objects(
+                loc.bucket, prefix=loc.key, recursive=True, start_after=start_after
+            )
             if o.object_name
         ]
 

@@ -486,19 +486,21 @@ async def test_metrics_per_version(models: Models) -> None:
         status, text = await get(s, url + "/metrics")
         assert status == 200
         lines = set(text.splitlines())
-        assert 'modelops_serving_requests_total{model="iris",version="iris-v1"} 3.0' in lines
+        rest = 'model="iris",transport="rest",version="iris-v1"'
+        assert f"modelops_serving_requests_total{{{rest}}} 3.0" in lines
         assert 'modelops_serving_rows_total{model="iris",version="iris-v1"} 9.0' in lines
-        assert 'modelops_serving_errors_total{code="400",model="iris",version=""} 1.0' in lines
         assert (
-            'modelops_serving_errors_total{code="400",model="iris",version="iris-v2"} 1.0' in lines
+            'modelops_serving_errors_total{code="400",model="iris",transport="rest",version=""} 1.0'
+            in lines
+        )
+        assert (
+            'modelops_serving_errors_total{code="400",model="iris",transport="rest",'
+            'version="iris-v2"} 1.0' in lines
         )
         for label, n in Counter(estimator.predict(np.array(ROWS * 3))).items():
             labels = f'class="{label}",model="iris",version="iris-v1"'
             assert f"modelops_serving_predictions_total{{{labels}}} {float(n)}" in lines
-        assert (
-            'modelops_serving_request_duration_seconds_count{model="iris",version="iris-v1"} 3.0'
-            in lines
-        )
+        assert f"modelops_serving_request_duration_seconds_count{{{rest}}} 3.0" in lines
         assert any(
             line.startswith(
                 'modelops_serving_version_info{model="iris",reason="Verified",role="canary"'
