@@ -416,7 +416,7 @@ def _walk(spec: Canary, state: State, facts: Facts, now: float, events: list[Eve
         return _guard_hold(state, events, f"step {step + 1}", facts, report)
     if elapsed < pause:
         return Plan(
-            state, events, f"step {step + 1} for {pause - elapsed:.0f}s more", analysis=report
+            state, events, f"step {step + 1} until {_at(now - elapsed + pause)}", analysis=report
         )
     if outcome is not None and outcome.decision != "Passed":
         where = f"step {step + 1}"
@@ -464,7 +464,7 @@ def _abtest(spec: Canary, state: State, facts: Facts, now: float, events: list[E
         return _analysis_hold(state, events, "its A/B test", outcome, report)
     why = (
         f"A/B test of {state.canary} ({state.weight}%) against {stable}, "
-        f"{limit - elapsed:.0f}s left: {outcome.text}"
+        f"until {_at(now - elapsed + limit)}: {outcome.text}"
     )
     return Plan(state, events, why, AWAITING_ANALYSIS, analysis=report)
 
@@ -489,7 +489,7 @@ def _shadow(spec: Canary, state: State, facts: Facts, now: float, events: list[E
     elapsed = now - (state.step_started or now)
     duration = parse_duration(shadow.duration)
     if elapsed < duration:
-        why = f"shadowing {state.canary} for {duration - elapsed:.0f}s more"
+        why = f"shadowing {state.canary} until {_at(now - elapsed + duration)}"
         return Plan(state, events, why, analysis=report)
     failed = [o for o in outcomes if o.decision == "Failed"]
     if failed:
@@ -533,6 +533,12 @@ def _analysis_hold(
     until = until or f"it is shown not worse than {state.stable}"
     why = f"{state.canary} held at {where} until {until}: {outcome.text}"
     return Plan(state, events, why, AWAITING_ANALYSIS, analysis=report)
+
+
+def _at(ts: float) -> str:
+    """An end time in a waiting message: absolute (RFC 3339, UTC), so the message, and the
+    status holding it, stay the same from one pass to the next."""
+    return dt.datetime.fromtimestamp(round(ts), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def next_due(spec: DeploymentSpec, state: State, now: float) -> float | None:

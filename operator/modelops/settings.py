@@ -29,9 +29,8 @@ class Settings(BaseSettings):
     job_poll_seconds: float = Field(default=5.0, gt=0)
     """How often a running TrainingRun looks at its Job."""
     rollout_poll_seconds: float = Field(default=2.0, gt=0)
-    """How often a Deployment checks its canary (steps, monitors, error rate)."""
-    drift_poll_seconds: float = Field(default=1.0, gt=0)
-    """How often DriftMonitors wake; each checks on its own spec.interval."""
+    """How often a canary still loading looks for its serving pods' reports in the store (the
+    store sends no events; everything else wakes a Deployment by watch or at its due time)."""
     leader_election: bool = True
     """Hold a coordination.k8s.io Lease before reconciling (controllers/leader.py), so that
     replicas > 1 are safe; false runs at once, as the only replica."""

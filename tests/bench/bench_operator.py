@@ -105,7 +105,6 @@ SHIPPED = Settings.model_fields
 POLL_ENV = {
     "MODELOPS_JOB_POLL_SECONDS": str(SHIPPED["job_poll_seconds"].default),
     "MODELOPS_ROLLOUT_POLL_SECONDS": str(SHIPPED["rollout_poll_seconds"].default),
-    "MODELOPS_DRIFT_POLL_SECONDS": str(SHIPPED["drift_poll_seconds"].default),
 }
 CREATE_CONCURRENCY = 32
 PY_SPY = str(Path(sys.executable).with_name("py-spy"))  # `pip install py-spy` for --profile

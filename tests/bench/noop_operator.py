@@ -2,9 +2,10 @@
 
 It watches the modelops operator's four kinds with the same timers, intervals and filters as
 ``modelops.controllers`` (TrainingRuns while not finished, every ``MODELOPS_JOB_POLL_SECONDS``;
-ModelVersions while not Ready, every 30 s; Deployments every
-``MODELOPS_ROLLOUT_POLL_SECONDS``; DriftMonitors every ``MODELOPS_DRIFT_POLL_SECONDS``, each
-checking at its ``spec.interval`` only) and the same Kopf settings, and each pass writes
+ModelVersions while not Ready, every 30 s) and the same Kopf settings; Deployments every
+``MODELOPS_ROLLOUT_POLL_SECONDS`` and DriftMonitors every second, each checking at its
+``spec.interval`` only, as the operator's Kopf timers did before it reconciled by events
+(``modelops.controllers.loop``). Each pass writes
 ``status.observedGeneration`` (a DriftMonitor's check also ``lastCheckTime``) and nothing else:
 no reads, no children, no store. What the real operator costs above this is its own work.
 
@@ -25,7 +26,7 @@ from modelops.api.common import parse_duration
 GROUP, VERSION = "modelops.dev", "v1alpha1"
 JOB_POLL = float(os.environ.get("MODELOPS_JOB_POLL_SECONDS", "5"))
 ROLLOUT_POLL = float(os.environ.get("MODELOPS_ROLLOUT_POLL_SECONDS", "2"))
-DRIFT_POLL = float(os.environ.get("MODELOPS_DRIFT_POLL_SECONDS", "1"))
+DRIFT_POLL = 1.0
 REVERIFY = 30.0  # modelops.controllers.modelversion.REVERIFY_SECONDS (importing it registers it)
 
 

@@ -52,7 +52,6 @@ class OperatorProcess:
             "MODELOPS_RUNTIME_IMAGE": "modelops-runtime:local",
             "MODELOPS_JOB_POLL_SECONDS": "0.3",
             "MODELOPS_ROLLOUT_POLL_SECONDS": "0.5",
-            "MODELOPS_DRIFT_POLL_SECONDS": "0.5",
             "MODELOPS_METRICS_PORT": str(self.metrics_port),
             "MODELOPS_HEALTH_PORT": str(free_port()),
             "AWS_ACCESS_KEY_ID": s3.access_key,

@@ -193,6 +193,13 @@ NEEDS: tuple[Need, ...] = (
             ("gateway.networking.k8s.io", "grpcroutes"),
         )
     ),
+    # Replicas handed to an autoscaler at their live value (read once per operator start).
+    Need(
+        "apps",
+        ("deployments",),
+        ("get",),
+        (Code("resources/autoscaling.py", 'await cluster.get("apps/v1", "Deployment"'),),
+    ),
     # The serving Deployments' readiness, from Kopf's index on their own watch stream.
     Need(
         "apps",

@@ -27,6 +27,11 @@ STATUS_WRITE_ERRORS = Counter(
     "Status writes the API server refused or did not answer (code 0: no answer)",
     ["kind", "code"],
 )
+STATUS_WRITES_SKIPPED = Counter(
+    "modelops_status_writes_skipped_total",
+    "Passes whose status was already what they would write (no request made)",
+    ["kind"],
+)
 STATUS_VALUES_DROPPED = Counter(
     "modelops_status_values_dropped_total",
     "Non-finite numbers (NaN, Inf) replaced by null before a status write: JSON has none",

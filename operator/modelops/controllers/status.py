@@ -18,6 +18,7 @@ from modelops.controllers.metrics import (
     STATUS_FIELDS_PRUNED,
     STATUS_VALUES_DROPPED,
     STATUS_WRITE_ERRORS,
+    STATUS_WRITES_SKIPPED,
     observed,
 )
 
@@ -202,6 +203,11 @@ async def _write_status(kind: str, body: kopf.Body, patch: kopf.Patch) -> dict[s
     clean, dropped = finite(dict(pending))
     if dropped:
         STATUS_VALUES_DROPPED.labels(kind).inc(dropped)
+    stored_status = body.get("status") or {}
+    if all(stored_status.get(k) == v for k, v in clean.items()):
+        # Nothing changed: no write, and so no watch event for every watcher of the kind.
+        STATUS_WRITES_SKIPPED.labels(kind).inc()
+        return None
     meta = body.get("metadata", {})
     where = (body["apiVersion"], kind, meta.get("namespace"), meta["name"])
     from modelops.controllers.main import runtime  # main imports the controllers
