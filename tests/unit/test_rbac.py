@@ -245,12 +245,6 @@ NEEDS: tuple[Need, ...] = (
     Need(
         "autoscaling",
         ("horizontalpodautoscalers",),
-        ("get",),
-        (Call("controllers/deployment.py", "_replicas", "get"),),
-    ),
-    Need(
-        "autoscaling",
-        ("horizontalpodautoscalers",),
         ("list", "delete"),
         (
             Call("controllers/deployment.py", "_prune", "list"),

@@ -321,9 +321,10 @@ class DeploymentStatus(Model):
     rejected_versions: list[str] = Field(default_factory=list)
     ready_replicas: int | None = None
     replicas: int | None = None
-    """Serving pods now: the autoscaler's currentReplicas, else the apps Deployment's."""
+    """Serving pods now: the apps Deployment's status.replicas."""
     desired_replicas: int | None = None
-    """Serving pods wanted: the autoscaler's desiredReplicas, else the apps Deployment's."""
+    """Serving pods wanted: the apps Deployment's spec.replicas (the autoscaler's decision with
+    spec.autoscaling)."""
     url: str | None = None
     analysis: AnalysisStatus | None = None
     """The last quality analysis of the canary in flight (or of the last one)."""

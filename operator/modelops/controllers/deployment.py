@@ -206,7 +206,7 @@ async def _reconcile(
             memory.pruned = keep
         if resync:
             memory.synced = now
-        replicas = await _replicas(dep, [v for v, _, _ in result.routes()], caches)
+        replicas = _replicas(dep, [v for v, _, _ in result.routes()], caches)
     ready_replicas = replicas.ready
 
     # 5: report
@@ -407,10 +407,11 @@ class Replicas:
     desired: int | None = None
 
 
-async def _replicas(dep: Deployment, versions: list[str], caches: Caches) -> Replicas:
-    """Serving pods of the one server (model routing) or the fewest of any version: ready ones
-    from the apps Deployment (its index); current and desired from its autoscaler once that
-    has a status, else from the apps Deployment (its status, and its spec)."""
+def _replicas(dep: Deployment, versions: list[str], caches: Caches) -> Replicas:
+    """Serving pods of the one server (model routing) or the fewest of any version, from the
+    apps Deployments' index: ready and current from their status, desired from their
+    ``spec.replicas`` (set by the autoscaler, with ``spec.autoscaling``: its decision, as
+    soon as it is taken, and with a watch event to wake the Deployment)."""
     name, namespace = dep.metadata["name"], dep.metadata["namespace"]
     names = (
         [serving.server_name(name)]
@@ -420,17 +421,9 @@ async def _replicas(dep: Deployment, versions: list[str], caches: Caches) -> Rep
     ready, current, desired = [], [], []
     for server in names:
         obj = first(caches.serving, (namespace, server)) or {}
-        hpa = None
-        if dep.spec.autoscaling is not None:
-            hpa = await runtime.cluster.get(
-                "autoscaling/v2", "HorizontalPodAutoscaler", namespace, server
-            )
-        scaled = (hpa or {}).get("status") or {}
         ready.append(int(obj.get("status", {}).get("readyReplicas") or 0))
-        # An autoscaler that has never rescaled reports desiredReplicas 0: its target's
-        # replicas are then what it wants.
-        current.append(int(scaled.get("currentReplicas", obj.get("status", {}).get("replicas", 0))))
-        desired.append(int(scaled.get("desiredReplicas") or obj.get("spec", {}).get("replicas", 0)))
+        current.append(int(obj.get("status", {}).get("replicas") or 0))
+        desired.append(int(obj.get("spec", {}).get("replicas") or 0))
     if not names:
         return Replicas(ready=0)
     return Replicas(min(ready), min(current), min(desired))
