@@ -260,18 +260,7 @@ NEEDS: tuple[Need, ...] = (
         (Code("resources/serving.py", '"verbs": ["get", "list", "watch"]'),),
     ),
     # --- DriftMonitor controller --------------------------------------------------------------
-    Need(
-        "modelops.dev",
-        ("deployments",),
-        ("get",),
-        (Call("controllers/driftmonitor.py", "_deployment_status", "get"),),
-    ),
-    Need(
-        "modelops.dev",
-        ("modelversions",),
-        ("get",),
-        (Call("controllers/driftmonitor.py", "_reconcile", "get"),),
-    ),
+    # Its ModelVersion and its Deployment's status come from Kopf's indexes (watches.py).
     Need(
         "modelops.dev",
         ("trainingruns",),

@@ -15,7 +15,7 @@ import kopf
 from prometheus_client import Gauge
 from pydantic import ValidationError
 
-from modelops import API_VERSION, GROUP, VERSION
+from modelops import GROUP, VERSION
 from modelops.api.common import get_condition, now_iso, parse_duration
 from modelops.api.driftmonitor import DriftMonitor, QualityRule
 from modelops.controllers import loop
@@ -33,7 +33,7 @@ from modelops.controllers.metrics import (
 )
 from modelops.controllers.status import StatusWriter, invalid_spec, reconciling
 from modelops.controllers.triggers import check_triggers, start_retrain
-from modelops.controllers.watches import monitor_key
+from modelops.controllers.watches import Key, first, monitor_key
 from modelops.controllers.windows import LiveQuality, merged_quality, merged_windows
 from modelops.drift import DriftReport, Sketch, detect
 from modelops.drift.detect import missing_features
@@ -68,8 +68,12 @@ RESYNC_SECONDS = 300.0
 # interval has passed since its last check, or at once when its spec changes.
 @kopf.daemon(GROUP, VERSION, "driftmonitors", cancellation_timeout=30)
 async def drift_monitor_loop(
-    body: kopf.Body, stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any
+    body: kopf.Body, stopped: kopf.DaemonStopped, logger: kopf.Logger, **kwargs: Any
 ) -> None:
+    # the indexes of modelops.controllers.watches, by their functions' names; the same
+    # objects for the operator's whole life
+    lookups.versions = kwargs["versions_by_name"]
+    lookups.deployments = kwargs["deployment_statuses"]
     written: dict[str, Any] | None = None
     key = monitor_key(body["metadata"]["namespace"], body["metadata"]["name"])
 
@@ -85,6 +89,18 @@ async def drift_monitor_loop(
         return next_check(written or dict(current), time.time())
 
     await loop.run(key, stopped, one_pass, logger)
+
+
+@dataclass
+class Lookups:
+    """What a check reads from Kopf's indexes (:mod:`modelops.controllers.watches`) instead of
+    the API: ModelVersions and Deployments' status, by (namespace, name)."""
+
+    versions: kopf.Index[Key, dict[str, Any]] | None = None
+    deployments: kopf.Index[Key, dict[str, Any]] | None = None
+
+
+lookups = Lookups()
 
 
 def next_check(monitor: dict[str, Any], now: float) -> float:
@@ -151,7 +167,8 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) ->
         return
     version = target.version
     status.set(version=version)
-    mv = await runtime.cluster.get(API_VERSION, "ModelVersion", namespace, version)
+    assert lookups.versions is not None, "set by the monitor's loop"
+    mv = first(lookups.versions, (namespace, version))
 
     # 3: input drift, from the pods' sketch windows
     report = await _check_drift(monitor, status, version, mv)
@@ -314,7 +331,7 @@ async def _target_version(monitor: DriftMonitor) -> Target:
     spec = monitor.spec
     if spec.version:
         return Target(spec.version)
-    dstatus = await _deployment_status(monitor)
+    dstatus = _deployment_status(monitor)
     if dstatus is None:
         return Target(None, f"Deployment {spec.deployment} not found")
     canary_live = dstatus.get("phase") == "Progressing" and (dstatus.get("canaryWeight") or 0) > 0
@@ -327,12 +344,11 @@ async def _target_version(monitor: DriftMonitor) -> Target:
     return Target(stable, why, dstatus)
 
 
-async def _deployment_status(monitor: DriftMonitor) -> dict[str, Any] | None:
+def _deployment_status(monitor: DriftMonitor) -> dict[str, Any] | None:
     """The watched Deployment's status ({} before its first), None when it does not exist."""
-    dep = await runtime.cluster.get(
-        API_VERSION, "Deployment", monitor.metadata["namespace"], monitor.spec.deployment
-    )
-    return None if dep is None else dict(dep.get("status") or {})
+    assert lookups.deployments is not None, "set by the monitor's loop"
+    found = first(lookups.deployments, (monitor.metadata["namespace"], monitor.spec.deployment))
+    return None if found is None else dict(found)
 
 
 async def _profile(version: str, mv: dict[str, Any] | None) -> dict[str, Any]:
@@ -410,7 +426,7 @@ async def _baseline(
     if rule.baseline != "training":
         dstatus = target.deployment
         if dstatus is None:
-            dstatus = await _deployment_status(monitor)
+            dstatus = _deployment_status(monitor)
     stable = (dstatus or {}).get("stableVersion")
     canary = (dstatus or {}).get("canaryVersion")
     kind = baseline_kind(rule, version == canary and stable is not None and stable != version)

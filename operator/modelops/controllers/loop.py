@@ -111,6 +111,7 @@ async def run(
                 failures = 0
             except kopf.TemporaryError as exc:
                 delay = exc.delay or RETRY_FIRST
+                log.warning(f"reconciliation failed; retrying in {delay:g} s: {exc}")
             except Exception:
                 log.exception("reconciliation failed; retrying")
                 delay = min(RETRY_MAX, RETRY_FIRST * 2**failures)

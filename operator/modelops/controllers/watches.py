@@ -75,6 +75,22 @@ def versions_by_model(
     return {(str(namespace), str(spec.get("model"))): _snapshot(body, ("phase",))}
 
 
+@kopf.index(GROUP, VERSION, "modelversions")
+def versions_by_name(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[Key, dict[str, Any]]:
+    """ModelVersions by (namespace, name): name, spec and status."""
+    return {(str(namespace), name): _snapshot(body)}
+
+
+@kopf.index(GROUP, VERSION, "deployments")
+def deployment_statuses(
+    namespace: str | None, name: str, status: kopf.Status, **_: Any
+) -> dict[Key, dict[str, Any]]:
+    """Deployments' status by (namespace, name) ({} before their first)."""
+    return {(str(namespace), name): copy.deepcopy(dict(status))}
+
+
 @kopf.index(GROUP, VERSION, "driftmonitors")
 def monitors_by_name(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, Any]:
     """DriftMonitors by (namespace, name): name, spec and status."""
