@@ -31,7 +31,7 @@ from modelops.controllers.metrics import (
     QUALITY_LABELS,
     UNDERPERFORMING,
 )
-from modelops.controllers.status import StatusWriter, invalid_spec, reconciling
+from modelops.controllers.status import StatusWriter, invalid_spec, reconciling, report_verdict
 from modelops.controllers.triggers import check_triggers, start_retrain
 from modelops.controllers.watches import Key, first, monitor_key
 from modelops.controllers.windows import LiveQuality, merged_quality, merged_windows
@@ -459,16 +459,7 @@ async def _live_quality(
 def _report_quality(
     status: StatusWriter, name: str, namespace: str, verdict: QualityVerdict
 ) -> None:
-    old = (get_condition(status.conditions, QUALITY_CONDITION) or {}).get("status")
-    # True and False post their own Events (below); Unknown posts its reason on a change.
-    unknown = verdict.status == "Unknown"
-    status.condition(
-        QUALITY_CONDITION, verdict.status, verdict.reason, verdict.message, event=unknown
-    )
-    if verdict.fired and old != "True":
-        kopf.warn(status.body, reason=DETECTED_EVENT, message=verdict.message)
-    elif verdict.status == "False" and old == "True":
-        kopf.info(status.body, reason=RECOVERED_EVENT, message=verdict.message)
+    report_verdict(status, QUALITY_CONDITION, verdict, DETECTED_EVENT, RECOVERED_EVENT)
     quality = verdict.quality
     # Every field written, None included: a merge patch would keep a stale sub-field.
     status.set(quality=quality.model_dump(by_alias=True, mode="json") if quality else None)

@@ -23,7 +23,8 @@ from prometheus_client import Gauge
 from modelops.api.common import get_condition, parse_duration
 from modelops.api.driftmonitor import DriftMonitor
 from modelops.controllers.main import get_settings, runtime
-from modelops.controllers.status import StatusWriter
+from modelops.controllers.metrics import FAIRNESS, FAIRNESS_VIOLATED
+from modelops.controllers.status import StatusWriter, report_verdict
 from modelops.controllers.windows import merged_quality
 from modelops.drift.fairness_live import RATES
 from modelops.drift.quality import Task
@@ -36,17 +37,6 @@ from modelops.fairness_rules import (
 )
 
 CHECK_FAILED = "CheckFailed"
-FAIRNESS = Gauge(
-    "modelops_drift_fairness",
-    "Live fairness metric of a DriftMonitor's version across the groups of its sensitive"
-    " feature (fairlearn's definition, from joined labels)",
-    ["namespace", "monitor", "metric"],
-)
-FAIRNESS_VIOLATED = Gauge(
-    "modelops_drift_fairness_violated",
-    "1 while the DriftMonitor's FairnessViolated condition is True",
-    ["namespace", "monitor"],
-)
 
 
 async def check_fairness(
@@ -94,16 +84,7 @@ async def _verdict(monitor: DriftMonitor, version: str, mv: dict[str, Any]) -> F
 
 
 def _report(status: StatusWriter, name: str, namespace: str, verdict: FairnessVerdict) -> None:
-    old = (get_condition(status.conditions, FAIRNESS_CONDITION) or {}).get("status")
-    # True and False post their own Events (below); Unknown posts its reason on a change.
-    unknown = verdict.status == "Unknown"
-    status.condition(
-        FAIRNESS_CONDITION, verdict.status, verdict.reason, verdict.message, event=unknown
-    )
-    if verdict.fired and old != "True":
-        kopf.warn(status.body, reason=DETECTED_EVENT, message=verdict.message)
-    elif verdict.status == "False" and old == "True":
-        kopf.info(status.body, reason=RESTORED_EVENT, message=verdict.message)
+    report_verdict(status, FAIRNESS_CONDITION, verdict, DETECTED_EVENT, RESTORED_EVENT)
     table = verdict.fairness
     # Every field written, None included: a merge patch would keep a stale sub-field.
     status.set(fairness=table.model_dump(by_alias=True, mode="json") if table else None)

@@ -116,3 +116,14 @@ STORE_KEYS_LISTED = Counter(
     "the keys at or after the first window still wanted",
     ["purpose"],
 )
+FAIRNESS = Gauge(
+    "modelops_drift_fairness",
+    "Live fairness metric of a DriftMonitor's version across the groups of its sensitive"
+    " feature (fairlearn's definition, from joined labels)",
+    ["namespace", "monitor", "metric"],
+)
+FAIRNESS_VIOLATED = Gauge(
+    "modelops_drift_fairness_violated",
+    "1 while the DriftMonitor's FairnessViolated condition is True",
+    ["namespace", "monitor"],
+)

@@ -7,7 +7,7 @@ import logging
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import kopf
 from pydantic import ValidationError
@@ -103,6 +103,35 @@ class StatusWriter:
     def set(self, **fields: Any) -> None:
         for key, value in fields.items():
             self.patch.status[key] = value
+
+
+class Verdict(Protocol):
+    """A rule's decision as a condition (:class:`modelops.quality_rules.QualityVerdict`,
+    :class:`modelops.fairness_rules.FairnessVerdict`)."""
+
+    @property
+    def status(self) -> ConditionStatus: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def fired(self) -> bool: ...
+
+
+def report_verdict(
+    status: StatusWriter, condition: str, verdict: Verdict, detected: str, recovered: str
+) -> None:
+    """Set ``condition`` from ``verdict``: a Warning ``detected`` Event when it turns True, a
+    Normal ``recovered`` one when it turns from True to False, and (Unknown) an Event of its
+    reason when that changes."""
+    old = (get_condition(status.conditions, condition) or {}).get("status")
+    unknown = verdict.status == "Unknown"
+    status.condition(condition, verdict.status, verdict.reason, verdict.message, event=unknown)
+    if verdict.fired and old != "True":
+        kopf.warn(status.body, reason=detected, message=verdict.message)
+    elif verdict.status == "False" and old == "True":
+        kopf.info(status.body, reason=recovered, message=verdict.message)
 
 
 def pruned_fields(written: Any, stored: Any, where: str = "status") -> list[str]:
