@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     rollout_poll_seconds: float = Field(default=2.0, gt=0)
     """How often a canary still loading looks for its serving pods' reports in the store (the
     store sends no events; everything else wakes a Deployment by watch or at its due time)."""
+    max_concurrent_passes: int = Field(default=32, ge=1)
+    """Passes of one kind (Deployments, DriftMonitors) run at once, at most: at start-up every
+    object has a pass due, and a thousand at once would only queue at the API server (429)."""
     leader_election: bool = True
     """Hold a coordination.k8s.io Lease before reconciling (controllers/leader.py), so that
     replicas > 1 are safe; false runs at once, as the only replica."""

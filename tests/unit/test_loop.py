@@ -195,3 +195,25 @@ def test_a_wake_for_a_key_without_a_loop_does_nothing() -> None:
     registry = Wakeups()
     registry.wake("nobody")
     assert len(registry) == 0
+
+
+async def test_slots_bound_the_passes_running_at_once() -> None:
+    setter, stopped = flag()
+    slots = asyncio.Semaphore(2)
+    running = peak = 0
+
+    async def one_pass() -> float:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.02)
+        running -= 1
+        return 3600.0
+
+    tasks = [
+        asyncio.create_task(loop.run(f"s{i}", stopped, one_pass, slots=slots)) for i in range(6)
+    ]
+    await asyncio.sleep(0.2)
+    assert peak == 2
+    setter.set()
+    await asyncio.wait_for(asyncio.gather(*tasks), 1)

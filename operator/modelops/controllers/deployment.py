@@ -3,6 +3,7 @@ test, or a shadow), decide on live quality, roll back."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import time
@@ -64,6 +65,8 @@ def iso(ts: float) -> str:
 
 
 RESYNC_SECONDS = 300.0
+PASSES = asyncio.Semaphore(get_settings().max_concurrent_passes)
+"""Passes of this kind running at once (``Settings.max_concurrent_passes``)."""
 """A Deployment nothing wakes is reconciled again after this long: its children are applied
 and pruned even if unchanged (one deleted by hand comes back), as controller-runtime's resync."""
 LOADING_POLL_SECONDS = get_settings().rollout_poll_seconds
@@ -126,7 +129,7 @@ async def deployment_loop(
             memory.written = await _patch_metadata(current, patch)
         return delay
 
-    await loop.run(key, stopped, one_pass, logger)
+    await loop.run(key, stopped, one_pass, logger, PASSES)
 
 
 async def _patch_metadata(body: kopf.Body, patch: kopf.Patch) -> dict[str, Any]:

@@ -62,6 +62,8 @@ FEEDBACK_PREFIX = "-"
 ALL_DISPLAYED = tuple(m for task in DISPLAYED.values() for m in task)
 MIN_WAIT_SECONDS = 0.5
 RESYNC_SECONDS = 300.0
+PASSES = asyncio.Semaphore(get_settings().max_concurrent_passes)
+"""Passes of this kind running at once (``Settings.max_concurrent_passes``)."""
 
 
 # One loop per object (a daemon, modelops.controllers.loop): it checks when the monitor's
@@ -88,7 +90,7 @@ async def drift_monitor_loop(
             written = done.stored or written
         return next_check(written or dict(current), time.time())
 
-    await loop.run(key, stopped, one_pass, logger)
+    await loop.run(key, stopped, one_pass, logger, PASSES)
 
 
 @dataclass

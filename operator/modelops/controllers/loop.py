@@ -92,8 +92,11 @@ async def run(
     stopped: kopf.DaemonStopped,
     one_pass: Callable[[], Awaitable[float]],
     log: logging.Logger | logging.LoggerAdapter[Any] = logger,
+    slots: asyncio.Semaphore | None = None,
 ) -> None:
-    """Run ``one_pass`` (which returns its requeue-after, seconds) until ``stopped``.
+    """Run ``one_pass`` (which returns its requeue-after, seconds) until ``stopped``; with
+    ``slots``, each pass first takes one (the kind's bound on passes at once, as
+    controller-runtime's ``MaxConcurrentReconciles``).
 
     Between passes, sleep until the requeue-after ends, ``wakeups.wake(key)`` is called or the
     loop is stopped, whichever comes first. A wake during a pass makes the next pass start as
@@ -107,7 +110,8 @@ async def run(
         while not stopped:
             event.clear()
             try:
-                delay = await one_pass()
+                async with slots or contextlib.nullcontext():
+                    delay = await one_pass()
                 failures = 0
             except kopf.TemporaryError as exc:
                 delay = exc.delay or RETRY_FIRST

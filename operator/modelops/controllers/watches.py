@@ -6,8 +6,9 @@ serving Deployments without a request. Each index value is a small copy of the o
 when its watch event arrives.
 
 Wake-ups (:mod:`modelops.controllers.loop`), each only when what the reader uses changed. The
-handlers are coroutines: Kopf runs plain functions in a thread, and an :class:`asyncio.Event`
-set from another thread does not wake its waiter.
+handlers, and the indexing functions, are coroutines: Kopf runs plain functions in a thread
+(a hop per watch event), and an :class:`asyncio.Event` set from another thread does not wake
+its waiter.
 
 =============================  ===============================================================
 watch event of                 wakes
@@ -68,7 +69,7 @@ def _snapshot(
 
 
 @kopf.index(GROUP, VERSION, "modelversions")
-def versions_by_model(
+async def versions_by_model(
     namespace: str | None, body: kopf.Body, spec: kopf.Spec, **_: Any
 ) -> dict[Key, dict[str, Any]]:
     """ModelVersions by (namespace, spec.model): name, spec and ``status.phase``."""
@@ -76,7 +77,7 @@ def versions_by_model(
 
 
 @kopf.index(GROUP, VERSION, "modelversions")
-def versions_by_name(
+async def versions_by_name(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[Key, dict[str, Any]]:
     """ModelVersions by (namespace, name): name, spec and status."""
@@ -84,7 +85,7 @@ def versions_by_name(
 
 
 @kopf.index(GROUP, VERSION, "deployments")
-def deployment_statuses(
+async def deployment_statuses(
     namespace: str | None, name: str, status: kopf.Status, **_: Any
 ) -> dict[Key, dict[str, Any]]:
     """Deployments' status by (namespace, name) ({} before their first)."""
@@ -92,13 +93,15 @@ def deployment_statuses(
 
 
 @kopf.index(GROUP, VERSION, "driftmonitors")
-def monitors_by_name(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, Any]:
+async def monitors_by_name(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[Key, Any]:
     """DriftMonitors by (namespace, name): name, spec and status."""
     return {(str(namespace), name): _snapshot(body)}
 
 
 @kopf.index(GROUP, VERSION, "driftmonitors")
-def monitors_by_deployment(
+async def monitors_by_deployment(
     namespace: str | None, body: kopf.Body, spec: kopf.Spec, **_: Any
 ) -> dict[Key, Any]:
     """DriftMonitors by (namespace, spec.deployment): name, spec and status."""
@@ -106,7 +109,7 @@ def monitors_by_deployment(
 
 
 @kopf.index(GROUP, VERSION, "deployments")
-def deployments_by_model(
+async def deployments_by_model(
     namespace: str | None, name: str, spec: kopf.Spec, **_: Any
 ) -> dict[Key, str]:
     """Deployment names by (namespace, spec.model)."""
@@ -114,7 +117,7 @@ def deployments_by_model(
 
 
 @kopf.index(GROUP, VERSION, "deployments")
-def deployments_by_monitor(
+async def deployments_by_monitor(
     namespace: str | None, name: str, spec: kopf.Spec, **_: Any
 ) -> dict[Key, str]:
     """Deployment names by (namespace, DriftMonitor named in spec.rollback.driftMonitors)."""
@@ -123,7 +126,7 @@ def deployments_by_monitor(
 
 
 @kopf.index("apps", "v1", "deployments", labels={DEPLOYMENT_LABEL: kopf.PRESENT})
-def serving_deployments(
+async def serving_deployments(
     namespace: str | None, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
 ) -> dict[Key, dict[str, Any]]:
     """Serving apps/v1 Deployments by (namespace, name): ``spec.replicas`` and status counts."""
