@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
+import tracemalloc
 from functools import cache
 from typing import Any
 
@@ -87,6 +89,18 @@ async def close(**_: Any) -> None:
         await runtime.cluster.close()
 
 
+def _log_allocations(*_: object) -> None:
+    """SIGUSR1 with ``PYTHONTRACEMALLOC=N`` set: log where the most memory was allocated
+    (the 25 largest sites, by N frames of traceback), to find what grows with the objects."""
+    snapshot = tracemalloc.take_snapshot()
+    total = sum(stat.size for stat in snapshot.statistics("filename"))
+    lines = [f"traced {total / 2**20:.1f} MiB; largest allocation sites:"]
+    for stat in snapshot.statistics("traceback")[:25]:
+        lines.append(f"{stat.size / 2**20:8.1f} MiB {stat.count:9d} blocks")
+        lines.extend(f"    {frame}" for frame in stat.traceback.format(limit=8))
+    logging.getLogger(__name__).warning("\n".join(lines))
+
+
 def _quiet_wakeups(record: logging.LogRecord) -> bool:
     """False for Kopf's "Handler 'wake_...' succeeded." (modelops.controllers.watches)."""
     message = record.getMessage()
@@ -108,6 +122,8 @@ def run_operator(*, verbose: bool = False) -> int:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if tracemalloc.is_tracing():
+        signal.signal(signal.SIGUSR1, _log_allocations)
     # One line per watch event that wakes a loop would drown the log.
     logging.getLogger("kopf.objects").addFilter(_quiet_wakeups)
     namespaces = [n for n in config.namespaces.split(",") if n]
