@@ -79,7 +79,8 @@ DRIFT_DETECTED = Gauge(
 )
 SKETCH_WINDOWS_READ = Counter(
     "modelops_sketch_windows_read_total",
-    "Serving-pod sketch windows read from the store by drift monitors (each is read once)",
+    "Serving-pod sketch windows read from the store, by drift monitors or for a canary's"
+    " request counts (each is read once per operator process)",
 )
 QUALITY_WINDOWS_MALFORMED = Counter(
     "modelops_quality_windows_malformed_total",
