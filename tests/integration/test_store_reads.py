@@ -5,6 +5,7 @@ changed. Reads are counted by ``modelops_store_requests_total{op, purpose}`` and
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -274,13 +275,18 @@ async def test_a_rewritten_pod_report_is_what_counts(store: ArtifactStore) -> No
     assert (before, await reports(store, ns)) == ((False, []), (True, []))
 
 
-async def test_a_deleted_pod_report_no_longer_counts(store: ArtifactStore) -> None:
+async def test_a_deleted_pod_report_counts_until_it_is_stale(store: ArtifactStore) -> None:
+    """A report missing from a listing (its pod gone, or the store mid-overwrite) must not
+    let "every pod loaded it" pass for a pod that had not: it speaks until stale."""
     ns = namespace()
     put_report(store, ns, "pod-a", loaded=["iris-v1", "iris-v2"])
-    put_report(store, ns, "pod-b", loaded=[], failed={"iris-v2": "ModelInvalid"})
+    soon_stale = time.time() - storereads.REPORT_FRESH_SECONDS + 1.0
+    put_report(store, ns, "pod-b", loaded=[], failed={"iris-v2": "ModelInvalid"}, time=soon_stale)
     assert await reports(store, ns) == (False, ["pod-b: ModelInvalid"])
     store.client.remove_object(BUCKET, f"{ns}/serving/iris/pods/pod-b.json")
 
+    assert await reports(store, ns) == (False, ["pod-b: ModelInvalid"])
+    await asyncio.sleep(1.2)
     assert await reports(store, ns) == (True, [])
 
 

@@ -246,7 +246,7 @@ async def _reconcile(
         consumed[ACTION_ANNOTATION] = None
         if APPROVED_BY_ANNOTATION in annotations:  # a name goes with the action it came with
             consumed[APPROVED_BY_ANNOTATION] = None
-    if annotations.get(ACTION_ANNOTATION) and not result.consume_action:
+    if annotations.get(ACTION_ANNOTATION) and result.events and not result.consume_action:
         return 0.0  # obeyed: the next pass, from this status, removes it
     if result.events:
         # a transition: one more pass soon, as the next state may move on at once

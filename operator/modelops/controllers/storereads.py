@@ -115,7 +115,8 @@ async def pod_reports(
     Reports are listed under ``<namespace>/serving/<deployment>/pods/``; a report is read
     (GET) only when its ETag differs from the one it had when last read (an ETag changes
     whenever its object is written anew, so a cached report is never older than the listing
-    says), and one deleted between the listing and the read counts as withdrawn. Raises
+    says). A report once read and then missing (deleted, or not listed for a moment) counts
+    until it is stale by its ``time``, so a pod cannot drop out of "every pod loaded it". Raises
     :class:`ArtifactError` ``StoreUnavailable`` when the store does not answer, ``ValueError``
     for a report that is not JSON.
     """
@@ -156,9 +157,16 @@ async def _current_reports(store: ArtifactStore, prefix: Location) -> list[dict[
             report = await read_json(store, info.location, POD_REPORTS)
         except ArtifactError as exc:
             if exc.reason == "ArtifactMissing":
-                continue  # its pod stopped and withdrew it since the listing
+                continue  # gone since the listing: kept below while its last copy is fresh
             raise
         current.by_key[key] = (info.etag, report)
+    # A report missing from one listing (its pod stopped, or the store between an overwrite's
+    # delete and write) still speaks until it is stale: a pod that has not loaded the canary
+    # must never drop out of "every pod loaded it" for one pass.
+    wall = time.time()
+    for key, (etag, report) in cached.by_key.items():
+        if key not in current.by_key and wall - float(report.get("time", 0)) < REPORT_FRESH_SECONDS:
+            current.by_key[key] = (etag, report)
     _reports[cache_key] = current
     while _reports:
         oldest = next(iter(_reports.values()))
