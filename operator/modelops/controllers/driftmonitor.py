@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import time
@@ -12,11 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import kopf
-from prometheus_client import Gauge
 from pydantic import ValidationError
 
 from modelops import GROUP, VERSION
-from modelops.api.common import get_condition, now_iso, parse_duration
+from modelops.api.common import now_iso, parse_duration
 from modelops.api.driftmonitor import DriftMonitor, QualityRule
 from modelops.controllers import loop
 from modelops.controllers.cluster import ApiError
@@ -30,6 +28,7 @@ from modelops.controllers.metrics import (
     MODEL_QUALITY,
     QUALITY_LABELS,
     UNDERPERFORMING,
+    remove_series,
 )
 from modelops.controllers.status import StatusWriter, invalid_spec, reconciling, report_verdict
 from modelops.controllers.triggers import check_triggers, start_retrain
@@ -471,11 +470,11 @@ def _report_quality(
         if metric in verdict.gauges:
             MODEL_QUALITY.labels(namespace, name, metric).set(verdict.gauges[metric])
         else:
-            _remove(MODEL_QUALITY, namespace, name, metric)
+            remove_series(MODEL_QUALITY, namespace, name, metric)
     if quality is not None:
         QUALITY_LABELS.labels(namespace, name).set(quality.labels)
     else:
-        _remove(QUALITY_LABELS, namespace, name)
+        remove_series(QUALITY_LABELS, namespace, name)
     UNDERPERFORMING.labels(namespace, name).set(1 if verdict.fired else 0)
 
 
@@ -490,15 +489,8 @@ def _forget_quality(status: StatusWriter, namespace: str, name: str) -> None:
     """A monitor whose quality rule was removed: no condition, status or gauges left of it."""
     if "quality" in (status.body.get("status") or {}):
         status.set(quality=None)
-    if get_condition(status.conditions, QUALITY_CONDITION):
-        status.conditions = [c for c in status.conditions if c.get("type") != QUALITY_CONDITION]
-        status.patch.status["conditions"] = status.conditions
+    status.drop_condition(QUALITY_CONDITION)
     for metric in ALL_DISPLAYED:
-        _remove(MODEL_QUALITY, namespace, name, metric)
-    _remove(QUALITY_LABELS, namespace, name)
-    _remove(UNDERPERFORMING, namespace, name)
-
-
-def _remove(gauge: Gauge, *labels: str) -> None:
-    with contextlib.suppress(KeyError):  # never set
-        gauge.remove(*labels)
+        remove_series(MODEL_QUALITY, namespace, name, metric)
+    remove_series(QUALITY_LABELS, namespace, name)
+    remove_series(UNDERPERFORMING, namespace, name)

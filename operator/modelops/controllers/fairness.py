@@ -13,17 +13,15 @@ has no value) and ``modelops_drift_fairness_violated{namespace,name}`` (1 while
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
-from prometheus_client import Gauge
 
-from modelops.api.common import get_condition, parse_duration
+from modelops.api.common import parse_duration
 from modelops.api.driftmonitor import DriftMonitor
 from modelops.controllers.main import get_settings, runtime
-from modelops.controllers.metrics import FAIRNESS, FAIRNESS_VIOLATED
+from modelops.controllers.metrics import FAIRNESS, FAIRNESS_VIOLATED, remove_series
 from modelops.controllers.status import StatusWriter, report_verdict
 from modelops.controllers.windows import merged_quality
 from modelops.drift.fairness_live import RATES
@@ -94,7 +92,7 @@ def _report(status: StatusWriter, name: str, namespace: str, verdict: FairnessVe
         if metric in verdict.gauges:
             FAIRNESS.labels(namespace, name, metric).set(verdict.gauges[metric])
         else:
-            _remove(FAIRNESS, namespace, name, metric)
+            remove_series(FAIRNESS, namespace, name, metric)
     FAIRNESS_VIOLATED.labels(namespace, name).set(1 if verdict.fired else 0)
 
 
@@ -114,14 +112,7 @@ def forget_fairness(status: StatusWriter, namespace: str, name: str) -> None:
     """A monitor whose fairness rule was removed: no condition, status or gauges left of it."""
     if "fairness" in (status.body.get("status") or {}):
         status.set(fairness=None)
-    if get_condition(status.conditions, FAIRNESS_CONDITION):
-        status.conditions = [c for c in status.conditions if c.get("type") != FAIRNESS_CONDITION]
-        status.patch.status["conditions"] = status.conditions
+    status.drop_condition(FAIRNESS_CONDITION)
     for metric in RATES:
-        _remove(FAIRNESS, namespace, name, metric)
-    _remove(FAIRNESS_VIOLATED, namespace, name)
-
-
-def _remove(gauge: Gauge, *labels: str) -> None:
-    with contextlib.suppress(KeyError):  # never set
-        gauge.remove(*labels)
+        remove_series(FAIRNESS, namespace, name, metric)
+    remove_series(FAIRNESS_VIOLATED, namespace, name)

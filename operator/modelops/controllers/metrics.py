@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -128,3 +129,9 @@ FAIRNESS_VIOLATED = Gauge(
     "1 while the DriftMonitor's FairnessViolated condition is True",
     ["namespace", "monitor"],
 )
+
+
+def remove_series(gauge: Gauge, *labels: str) -> None:
+    """Remove the gauge's series with these label values, if it was ever set."""
+    with contextlib.suppress(KeyError):
+        gauge.remove(*labels)

@@ -100,6 +100,12 @@ class StatusWriter:
                 kopf.info(self.body, reason=reason, message=message)
         return changed
 
+    def drop_condition(self, type_: str) -> None:
+        """Remove the condition of this type, if there is one (its rule was removed)."""
+        if get_condition(self.conditions, type_):
+            self.conditions = [c for c in self.conditions if c.get("type") != type_]
+            self.patch.status["conditions"] = self.conditions
+
     def set(self, **fields: Any) -> None:
         for key, value in fields.items():
             self.patch.status[key] = value

@@ -25,7 +25,7 @@ a serving apps/v1 Deployment   the Deployment owning it (replicas or readiness c
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from typing import Any
 
 import kopf
@@ -38,6 +38,7 @@ Key = tuple[str, str]
 """(namespace, name-or-model)."""
 
 _signatures = Signatures()
+TARGET_FIELDS = ("phase", "canaryWeight", "canaryVersion", "stableVersion")
 
 
 def deployment_key(namespace: str, name: str) -> tuple[str, str, str]:
@@ -88,8 +89,9 @@ async def versions_by_name(
 async def deployment_statuses(
     namespace: str | None, name: str, status: kopf.Status, **_: Any
 ) -> dict[Key, dict[str, Any]]:
-    """Deployments' status by (namespace, name) ({} before their first)."""
-    return {(str(namespace), name): copy.deepcopy(dict(status))}
+    """Deployments' status by (namespace, name) ({} before their first): only what a
+    DriftMonitor reads to find its target (phase, weight, canary and stable versions)."""
+    return {(str(namespace), name): {k: status[k] for k in TARGET_FIELDS if k in status}}
 
 
 @kopf.index(GROUP, VERSION, "driftmonitors")
@@ -157,6 +159,15 @@ def _deleted(body: Mapping[str, Any], event_type: str) -> bool:
     return event_type == "DELETED" or bool(body.get("metadata", {}).get("deletionTimestamp"))
 
 
+def _moved(key: Hashable, signature: Hashable, body: Mapping[str, Any], event_type: str) -> bool:
+    """Whether the event matters to readers: the object is going (its signature forgotten)
+    or its signature changed."""
+    if _deleted(body, event_type):
+        _signatures.forget(key)
+        return True
+    return _signatures.changed(key, signature)
+
+
 @kopf.on.event(GROUP, VERSION, "deployments")
 async def wake_deployment(
     type: str, namespace: str | None, name: str, body: kopf.Body, meta: kopf.Meta, **_: Any
@@ -182,10 +193,7 @@ async def wake_for_version(
     **kwargs: Any,
 ) -> None:
     key = ("ModelVersion", namespace, name)
-    deleted = _deleted(body, type)
-    if deleted:
-        _signatures.forget(key)
-    elif not _signatures.changed(key, (meta.get("generation"), status.get("phase"))):
+    if not _moved(key, (meta.get("generation"), status.get("phase")), body, type):
         return
     index: kopf.Index[Key, str] = kwargs["deployments_by_model"]
     for deployment in values(index, (str(namespace), str(spec.get("model")))):
@@ -207,7 +215,6 @@ async def wake_for_monitor(
     deleted = _deleted(body, type)
     if deleted:
         _signatures.forget(own)
-        _signatures.forget(("guard", namespace, name))
     elif _signatures.changed(own, meta.get("generation")):
         wakeups.wake(own)
     verdict = (
@@ -219,7 +226,7 @@ async def wake_for_monitor(
         ),
         meta.get("generation"),
     )
-    if not deleted and not _signatures.changed(("guard", namespace, name), verdict):
+    if not _moved(("guard", namespace, name), verdict, body, type):
         return
     guarded = {str(spec.get("deployment"))} | set(
         values(kwargs["deployments_by_monitor"], (str(namespace), name))
@@ -241,8 +248,5 @@ async def wake_for_serving(
 ) -> None:
     key = ("apps/Deployment", namespace, name)
     counts = (spec.get("replicas"), status.get("replicas"), status.get("readyReplicas"))
-    if _deleted(body, type):
-        _signatures.forget(key)
-    elif not _signatures.changed(key, counts):
-        return
-    wakeups.wake(deployment_key(str(namespace), str(labels.get(DEPLOYMENT_LABEL))))
+    if _moved(key, counts, body, type):
+        wakeups.wake(deployment_key(str(namespace), str(labels.get(DEPLOYMENT_LABEL))))
