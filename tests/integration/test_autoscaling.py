@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from modelops import API_VERSION
-from modelops.controllers.cluster import FIELD_MANAGER, Cluster
+from modelops.controllers.cluster import FIELD_MANAGER, ApiError, Cluster
 from modelops.local.s3server import S3Server
 from modelops.resources import autoscaling
 from support.cluster_fixtures import Kubectl, add_version, assert_refused_at_apply
@@ -225,4 +225,34 @@ async def test_handed_over_replicas_stay_when_the_operator_drops_them(
     assert not _owns_replicas(obj, FIELD_MANAGER)
     assert _owns_replicas(obj, autoscaling.HANDOVER_MANAGER)
     # Nothing more to hand over: no second apply by the hand-over manager.
+    assert await autoscaling.hand_over_replicas(cluster, without) is None
+
+
+async def test_a_stale_handover_is_refused_when_someone_else_changed_replicas(
+    cluster: Cluster, namespace: str
+) -> None:
+    # The hand-over carries no resourceVersion precondition (status writes would fail it for
+    # nothing); server-side apply's field ownership must catch a replicas change instead.
+    await cluster.apply(serving_deployment(namespace, 4))
+    _, stale = await replicas_of(cluster, namespace)
+    without = serving_deployment(namespace, None)
+    handover = autoscaling.replicas_handover(without, stale)
+    assert handover is not None and handover["spec"]["replicas"] == 4
+    path = f"/apis/apps/v1/namespaces/{namespace}/deployments/handover"
+    await cluster.request(
+        "PATCH",
+        f"{path}?fieldManager=someone-else",
+        json={"spec": {"replicas": 6}},
+        content_type="application/merge-patch+json",
+    )
+    with pytest.raises(ApiError) as refused:
+        await cluster.request(
+            "PATCH",
+            f"{path}?fieldManager={autoscaling.HANDOVER_MANAGER}",
+            json=handover,
+            content_type="application/apply-patch+yaml",
+        )
+    assert refused.value.status == 409
+    assert (await replicas_of(cluster, namespace))[0] == 6
+    # Read again, nothing is left to hand over: the operator no longer owns replicas.
     assert await autoscaling.hand_over_replicas(cluster, without) is None

@@ -114,8 +114,13 @@ def replicas_handover(child: dict[str, Any], live: dict[str, Any] | None) -> dic
     when ``child`` (the operator's next configuration of it) leaves them out; None when no
     hand-over is needed: ``child`` is not an apps/v1 Deployment without replicas, ``live`` does
     not exist yet (created without replicas, the autoscaler raises it from 1), or the operator
-    does not own its replicas (already handed over). ``metadata.resourceVersion`` makes the
-    apply fail with 409 if the object changed since ``live`` was read."""
+    does not own its replicas (already handed over).
+
+    No ``metadata.resourceVersion`` precondition: the deployment controller's status writes
+    change it several times a second while pods start, which made the apply fail for nothing.
+    A change of ``spec.replicas`` itself since ``live`` was read is caught by server-side
+    apply: the new value is owned by whoever set it, so this non-forced apply of the old value
+    fails with a 409 field conflict."""
     if (child["apiVersion"], child["kind"]) != ("apps/v1", "Deployment"):
         return None
     if "replicas" in child.get("spec", {}) or live is None or not owns_replicas(live):
@@ -130,7 +135,6 @@ def replicas_handover(child: dict[str, Any], live: dict[str, Any] | None) -> dic
         "metadata": {
             "name": meta["name"],
             "namespace": meta["namespace"],
-            "resourceVersion": meta["resourceVersion"],
         },
         "spec": {"replicas": replicas},
     }
@@ -149,7 +153,7 @@ async def hand_over_replicas(
     made. Otherwise one GET, and one server-side apply (field manager
     :data:`HANDOVER_MANAGER`, not forced: the value is the current one, so it is shared with
     the operator rather than taken) if needed. Raises what the client raises; after
-    :data:`HANDOVER_ATTEMPTS` conflicts (the object changing between read and apply), the
+    :data:`HANDOVER_ATTEMPTS` conflicts (replicas changing between read and apply), the
     client's 409 error."""
     if (child["apiVersion"], child["kind"]) != ("apps/v1", "Deployment") or "replicas" in child[
         "spec"
@@ -173,7 +177,7 @@ async def hand_over_replicas(
             )
         except Exception as exc:
             if getattr(exc, "status", None) == 409 and attempt + 1 < HANDOVER_ATTEMPTS:
-                continue  # changed since read (e.g. the autoscaler): read again
+                continue  # replicas changed since read (e.g. the autoscaler): read again
             raise
         return int(handover["spec"]["replicas"])
     return None
