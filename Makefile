@@ -66,8 +66,9 @@ bench-controlplane: $(STAMP) controlplane ## Control plane and local cluster: st
 bench-operator: $(STAMP) controlplane ## The operator at N = 100/500/1000 models vs a no-op Kopf floor (BENCH_OPERATOR_ARGS=--quick)
 	$(PY) tests/bench/bench_operator.py $(BENCH_OPERATOR_ARGS)
 
-bench-serve: $(STAMP) controlplane ## Model server under wrk: floor, no-op handler, gRPC (ghz), MLServer
+bench-serve: $(STAMP) controlplane ## Model server under wrk: floor, no-op handler, gRPC (h2load, ghz; vs grpc.aio), MLServer
 	@command -v wrk >/dev/null || (apt-get install -y wrk >/dev/null 2>&1 || (apt-get update >/dev/null && apt-get install -y wrk >/dev/null))
+	@command -v h2load >/dev/null || (apt-get install -y nghttp2-client >/dev/null 2>&1 || (apt-get update >/dev/null && apt-get install -y nghttp2-client >/dev/null))
 	$(PY) tests/bench/bench_serve.py
 
 bench-http: $(STAMP) ## The server's HTTP layer vs uvicorn and granian, same dispatch (decides issue 12.5)

@@ -17,10 +17,13 @@ The same run also compares, each side by side (alternated ``--pairs`` times, LR 
 - the full server with a no-op handler on the same HTTP stack (the server process answers
   ``POST /bench/noop`` with a constant JSON before its dispatch: ``bench_http_stack.py``
   starts it), and prints full / no-op;
-- gRPC with REST on the same server: ModelInfer on its ``--grpc-port``, driven by ghz (built
-  once with ``go install`` into ``${MODELOPS_CACHE:-~/.cache/modelops}/ghz-<version>``; the
-  service described by the descriptors tritonclient ships compiled), or, if ghz cannot be
-  built, by a multi-process tritonclient loop (said so in the output);
+- gRPC with REST on the same server: ModelInfer on its ``--grpc-port``, driven by h2load
+  (Debian's nghttp2-client, installed with apt-get when missing; the calls' gRPC statuses are
+  checked on the server's counters) and by ghz (built once with ``go install`` into
+  ``${MODELOPS_CACHE:-~/.cache/modelops}/ghz-<version>``; the service described by the
+  descriptors tritonclient ships compiled), or, if ghz cannot be built, by a multi-process
+  tritonclient loop (said so in the output); and the server's own gRPC transport against
+  grpcio's ``grpc.aio`` server with the same servicer, in a second server process;
 - MLServer serving the same model (joblib) with adaptive batching and ``--workers`` parallel
   workers, from its own venv ``${MODELOPS_CACHE:-~/.cache/modelops}/mlserver-venv`` (created
   with ``python -m venv`` and pip on first use), for each of ``--mlserver-batching``; prints
@@ -658,69 +661,229 @@ def run_python_grpc(port: int, concurrency: int, seconds: float, server_pid: int
     }
 
 
+GRPC_PATH = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def grpc_body(rows: np.ndarray) -> bytes:
+    """The HTTP/2 body of a ModelInfer call for ``rows`` (one FP64 tensor in
+    ``raw_input_contents``, as tritonclient sends it): gRPC's 5-byte prefix, then the message."""
+    from tritonclient.grpc import service_pb2 as pb
+
+    message = pb.ModelInferRequest(
+        model_name="bench",
+        inputs=[
+            pb.ModelInferRequest.InferInputTensor(
+                name="input-0", datatype="FP64", shape=list(rows.shape)
+            )
+        ],
+        raw_input_contents=[np.ascontiguousarray(rows, dtype="<f8").tobytes()],
+    ).SerializeToString()
+    return b"\x00" + len(message).to_bytes(4, "big") + bytes(message)
+
+
+def grpc_counts(metrics_url: str) -> tuple[float, float]:
+    """(requests, errors) the server counted over gRPC so far, from its ``/metrics``; calls
+    cancelled by the client (``code="499"``: h2load resets those in flight when it stops) are
+    not errors."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    requests = errors = 0.0
+    for line in text.splitlines():
+        if 'transport="grpc"' not in line:
+            continue
+        if line.startswith("modelops_serving_requests_total{"):
+            requests += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("modelops_serving_errors_total{") and 'code="499"' not in line:
+            errors += float(line.rsplit(" ", 1)[1])
+    return requests, errors
+
+
+def run_h2load(
+    h2load: str,
+    port: int,
+    message: bytes,
+    concurrency: int,
+    seconds: float,
+    server_pid: int,
+    metrics_url: str,
+) -> dict[str, Any]:
+    """One h2load run of ModelInfer (``concurrency`` connections, one call at a time each, as
+    wrk's connections); the same fields as :func:`run_wrk`. h2load sees HTTP statuses only, so
+    the calls' gRPC statuses are checked on the server's own counters: every call must be
+    counted, and none as an error (the snapshot the metrics read is written every second)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data, log = Path(tmp, "body"), Path(tmp, "log")
+        data.write_bytes(message)
+        counted_before = grpc_counts(metrics_url)
+        server_before, client_before = process_cpu(server_pid), _client_cpu()
+        proc = subprocess.run(
+            [
+                h2load, "-c", str(concurrency), "-m", "1", "-t", "1", "-D", str(round(seconds)),
+                "-d", str(data), "-H", "content-type: application/grpc", "-H", "te: trailers",
+                "--log-file", str(log), f"http://127.0.0.1:{port}{GRPC_PATH}",
+            ],
+            capture_output=True,
+            text=True,
+        )  # fmt: skip
+        server_cpu = process_cpu(server_pid) - server_before
+        client_cpu = _client_cpu() - client_before
+        # h2load logs "<start time>\t<HTTP status>\t<duration in microseconds>" per request.
+        durations = sorted(
+            int(fields[2]) / 1e3
+            for fields in (line.split("\t") for line in log.read_text().splitlines())
+            if len(fields) == 3 and fields[1] == "200"
+        )
+    if proc.returncode != 0 or not durations:
+        raise Unavailable(f"h2load failed: {_tail(proc.stderr or proc.stdout)}")
+    time.sleep(1.5)
+    counted = [a - b for a, b in zip(grpc_counts(metrics_url), counted_before, strict=True)]
+    ok = len(durations)
+    return {
+        "requests": ok,
+        "seconds": seconds,
+        "rps": ok / seconds,
+        "p50": durations[ok // 2],
+        "p99": durations[min(ok - 1, int(ok * 0.99))],
+        # Calls h2load saw answered that the server did not count as answered without error.
+        "errors": int(counted[1]) + max(0, ok - int(counted[0])),
+        "error_kinds": {"gRPC errors counted": int(counted[1])} if counted[1] else {},
+        "non2xx": 0,
+        "server_us": server_cpu / ok * 1e6,
+        "wrk_us": client_cpu / ok * 1e6,
+    }
+
+
+def run_aio_grpc(argv: list[str]) -> int:
+    """``python -m modelops.serving ARGV`` with its gRPC transport replaced by grpcio's
+    ``grpc.aio`` server calling the same ``InferenceServicer`` (what the server used before its
+    own transport; kept here as the library it must beat). The workers fork from here."""
+    from bench_http_stack import run_handwritten
+
+    import modelops.serving.grpc_server as module
+
+    class AioServer:
+        def __init__(self, model_server: Any, **_: Any) -> None:
+            self.servicer = module.InferenceServicer(model_server)
+            self.limit = model_server.config.max_body_bytes
+            self.server: Any = None
+
+        async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
+            import grpc  # in the worker: the gRPC core must not start before the fork
+            from tritonclient.grpc import service_pb2_grpc
+
+            self.server = grpc.aio.server(
+                options=[
+                    ("grpc.so_reuseport", 1 if reuse_port else 0),
+                    ("grpc.max_receive_message_length", self.limit),
+                ]
+            )
+            service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, self.server)
+            bound = int(self.server.add_insecure_port(f"{host}:{port}"))
+            await self.server.start()
+            return bound
+
+        async def stop(self, grace: float) -> None:
+            await self.server.stop(grace)
+
+    module.grpc_server = AioServer  # type: ignore[assignment]
+    return run_handwritten(argv)
+
+
 def grpc_comparison(
     wrk: str,
-    server_url: str,
+    server: ServerProcess,
     grpc_port: int,
-    server_pid: int,
+    aio: tuple[ServerProcess, int] | None,
     rows: np.ndarray,
     tmp: Path,
     args: argparse.Namespace,
 ) -> None:
-    """gRPC (ModelInfer, raw tensor contents) against REST (JSON), LR 1-row c16, the same
-    server processes, alternated ``--pairs`` times."""
-    print("\ngRPC vs REST, LR 1-row c16, same server (gRPC port of the same workers):")
-    client = "ghz"
+    """gRPC (ModelInfer, raw tensor contents) against REST (JSON), LR 1-row c16, on the same
+    server processes; and the server's own gRPC transport against ``grpc.aio`` (``aio``: a
+    second server process, :func:`run_aio_grpc`) with the same servicer; alternated ``--pairs``
+    times. Clients: wrk for REST, h2load (nghttp2's C load generator, as light as wrk) and ghz
+    (a Go gRPC client, which checks every status and costs some 120 us of CPU per call on the
+    same cores) for gRPC."""
+    print("\ngRPC vs REST, LR 1-row c16 (own gRPC transport and grpc.aio on the same servicer):")
+    assert server.process is not None
+    h2load = shutil.which("h2load")
     ghz: Path | None = None
     if args.grpc_client == "ghz":
         try:
             ghz = ensure_ghz()
         except Unavailable as exc:
-            client = "python"
             print(f"  ghz not available ({exc}): using the Python tritonclient load loop instead")
-    else:
-        client = "python"
     protoset = triton_protoset(tmp / "triton.protoset")
+    message = grpc_body(rows)
+    layers = {"own": (server, grpc_port), **({"grpc.aio": aio} if aio is not None else {})}
 
-    def grpc_run(seconds: float) -> dict[str, Any]:
+    def runs(layer: str) -> dict[str, Callable[[], dict[str, Any]]]:
+        proc, port = layers[layer]
+        assert proc.process is not None
+        pid = proc.process.pid
+        out: dict[str, Callable[[], dict[str, Any]]] = {}
+        if h2load is not None:
+            out["h2load"] = lambda: run_h2load(
+                h2load, port, message, 16, args.duration, pid, f"{proc.url}/metrics"
+            )
         if ghz is not None:
-            return run_ghz(ghz, protoset, grpc_port, rows, 16, seconds, server_pid)
-        return run_python_grpc(grpc_port, 16, seconds, server_pid)
+            out["ghz"] = lambda: run_ghz(ghz, protoset, port, rows, 16, args.duration, pid)
+        else:
+            out["python"] = lambda: run_python_grpc(port, 16, args.duration, pid)
+        return out
 
     payload = body(rows)
-    url = f"{server_url}/v2/models/bench/infer"
+    url = f"{server.url}/v2/models/bench/infer"
+    results: dict[tuple[str, str], list[dict[str, Any]]] = {}
     try:
-        grpc_run(2)  # warm up
-        rest, grpc = [], []
+        for layer in layers:  # warm up
+            for run in runs(layer).values():
+                run()
         for _ in range(args.pairs):
-            rest.append(run_wrk(wrk, url, payload, 16, args.duration, server_pid))
-            grpc.append(grpc_run(args.duration))
+            results.setdefault(("REST", "wrk"), []).append(
+                run_wrk(wrk, url, payload, 16, args.duration, server.process.pid)
+            )
+            for layer in layers:
+                for client, run in runs(layer).items():
+                    results.setdefault((layer, client), []).append(run())
     except Unavailable as exc:
         print(f"  not measured: {exc}")
         return
-    if client == "ghz":
-        tool = f"ghz {GHZ_VERSION}, 16 workers on 16 connections"
-    elif args.grpc_client == "python":
-        tool = "Python tritonclient gRPC loop, as asked (--grpc-client python)"
-    else:
-        tool = "Python tritonclient gRPC loop (FALLBACK: ghz could not be built)"
-    for what, runs, by in (("REST (JSON)", rest, "wrk -t1, 16 connections"), ("gRPC", grpc, tool)):
+    if h2load is None:
+        print("  h2load not found (Debian package nghttp2-client; make bench-serve installs it)")
+    for (layer, client), got in results.items():
         print(
-            f"  {what:12} {_median(runs, 'rps'):>8,.0f} req/s  p99 {_median(runs, 'p99'):6.2f} ms"
-            f"  CPU us/req server {_median(runs, 'server_us'):4.0f} + client "
-            f"{_median(runs, 'wrk_us'):4.0f}  idle est. "
-            f"{statistics.median(idle_estimate(r) for r in runs):>7,.0f}  ({by}){_failed(runs)}"
+            f"  {layer:8} {client:7} {_median(got, 'rps'):>8,.0f} req/s  p99 "
+            f"{_median(got, 'p99'):6.2f} ms  CPU us/req server {_median(got, 'server_us'):4.0f}"
+            f" + client {_median(got, 'wrk_us'):4.0f}  idle est. "
+            f"{statistics.median(idle_estimate(r) for r in got):>7,.0f}{_failed(got)}"
         )
-    ratios = [g["rps"] / r["rps"] for g, r in zip(grpc, rest, strict=True)]
-    server_cost = statistics.median(
-        g["server_us"] / r["server_us"] for g, r in zip(grpc, rest, strict=True)
-    )
-    ratio = statistics.median(ratios)
-    print(
-        f"  gRPC / REST req/s: x{ratio:.3f} (pairs: {', '.join(f'{r:.3f}' for r in ratios)}); "
-        f"server CPU per request gRPC / REST x{server_cost:.3f}; target: within 20% of REST "
-        f"(x0.80 or more): {'met' if ratio >= 0.8 else 'NOT met'}"
-    )
+    rest = results[("REST", "wrk")]
+
+    def ratio(a: list[dict[str, Any]], b: list[dict[str, Any]], field: str) -> str:
+        per = [x[field] / y[field] for x, y in zip(a, b, strict=True)]
+        return f"x{statistics.median(per):.3f} ({', '.join(f'{r:.3f}' for r in per)})"
+
+    for client in ("h2load", "ghz", "python"):
+        own = results.get(("own", client))
+        if own is None:
+            continue
+        verdict = (
+            "met"
+            if statistics.median(o["rps"] / r["rps"] for o, r in zip(own, rest, strict=True)) >= 0.8
+            else "NOT met"
+        )
+        print(
+            f"  own gRPC ({client}) / REST (wrk): req/s {ratio(own, rest, 'rps')}, server CPU per "
+            f"request {ratio(own, rest, 'server_us')}; target within 20% (x0.80): {verdict}"
+        )
+        library = results.get(("grpc.aio", client))
+        if library is not None:
+            print(
+                f"  own gRPC / grpc.aio ({client}): req/s {ratio(own, library, 'rps')}, p99 "
+                f"{ratio(own, library, 'p99')}, server CPU per request "
+                f"{ratio(own, library, 'server_us')}"
+            )
 
 
 # MLServer: its own venv (it pins other versions of FastAPI, uvicorn and friends), created
@@ -1008,7 +1171,24 @@ async def main_async(args: argparse.Namespace) -> int:
             if "noop" in args.parts:
                 noop_comparison(wrk, server.url, pid, body(row), args)
             if "grpc" in args.parts:
-                grpc_comparison(wrk, server.url, grpc_port, pid, row, tmp, args)
+                aio_port = free_port()
+                aio = ServerProcess(
+                    routing,
+                    s3.endpoint,
+                    s3.access_key,
+                    s3.secret_key,
+                    tmp / "server-aio.log",
+                    workers=args.workers,
+                    sketch_interval=5.0,
+                    extra_args=["--grpc-port", str(aio_port)],
+                )
+                aio.args[1:3] = [__file__, "--aio-grpc-server"]
+                aio.start()
+                try:
+                    await aio.wait_ready(60)
+                    grpc_comparison(wrk, server, grpc_port, (aio, aio_port), row, tmp, args)
+                finally:
+                    aio.stop()
             if "mlserver" in args.parts:
                 mlserver_comparison(wrk, server.url, pid, models["logreg"], body(row), tmp, args)
 
@@ -1075,6 +1255,10 @@ async def watched_rollbacks(
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["--aio-grpc-server"]:
+        return run_aio_grpc(argv[1:])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--duration", type=float, default=8.0, help="seconds per wrk run")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)

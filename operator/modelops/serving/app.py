@@ -287,13 +287,10 @@ async def _serve(options: Options, index: int, peers: Path | None) -> int:
     await http.start(options.host, options.port, reuse_port=peers is not None)
     grpc = None
     if options.grpc_port >= 0:
-        # Imported in the worker: the gRPC core must not exist before the fork.
         from modelops.serving.grpc_server import grpc_server
 
-        grpc, grpc_port = grpc_server(
-            server, options.host, options.grpc_port, reuse_port=peers is not None
-        )
-        await grpc.start()
+        grpc = grpc_server(server)
+        grpc_port = await grpc.start(options.host, options.grpc_port, reuse_port=peers is not None)
         logger.info("worker %d: gRPC on %s:%d", index, options.host, grpc_port)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

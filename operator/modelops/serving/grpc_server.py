@@ -21,10 +21,11 @@ parameter).
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import grpc
 import numpy as np
@@ -34,6 +35,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from modelops import __version__
+from modelops.serving.grpc_transport import GrpcServer, unary_methods
 from modelops.serving.metrics import NO_VERSION
 from modelops.serving.protocol import (
     FLOAT_TYPES,
@@ -50,6 +52,16 @@ if TYPE_CHECKING:
 
 SERVICE = "inference.GRPCInferenceService"
 
+
+class CallContext(Protocol):
+    """What a servicer method uses of its call: :class:`~modelops.serving.grpc_transport.Call`
+    in this server, ``grpc.aio.ServicerContext`` under grpcio (``make bench-serve``)."""
+
+    def invocation_metadata(self) -> Sequence[tuple[str, str | bytes]] | None: ...
+
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> NoReturn: ...
+
+
 STATUS_CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     404: grpc.StatusCode.NOT_FOUND,
@@ -57,6 +69,10 @@ STATUS_CODES = {
     503: grpc.StatusCode.UNAVAILABLE,
 }
 """The HTTP status of a :class:`ProtocolError` -> the gRPC status code (else INTERNAL)."""
+
+CLIENT_CLOSED = 499
+"""The status counted for a call its client cancelled (nginx's "client closed request"): no
+answer was sent, and it is not the server's error."""
 
 NUMPY_TYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),
@@ -232,16 +248,16 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     # -- health and metadata ----------------------------------------------------------------------
 
-    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ServerLive(self, request: Any, context: CallContext) -> Any:
         return pb.ServerLiveResponse(live=True)
 
-    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ServerReady(self, request: Any, context: CallContext) -> Any:
         return pb.ServerReadyResponse(ready=self.server.ready)
 
-    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ServerMetadata(self, request: Any, context: CallContext) -> Any:
         return pb.ServerMetadataResponse(name="modelops", version=__version__, extensions=[])
 
-    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ModelReady(self, request: Any, context: CallContext) -> Any:
         state = self.server.manager.state
         try:
             self._known(state, request.name)
@@ -254,7 +270,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         except Abort as exc:
             await context.abort(exc.code, str(exc))
 
-    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ModelMetadata(self, request: Any, context: CallContext) -> Any:
         state = self.server.manager.state
         try:
             self._known(state, request.name)
@@ -275,7 +291,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     # -- inference --------------------------------------------------------------------------------
 
-    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ModelInfer(self, request: Any, context: CallContext) -> Any:
         server = self.server
         started = time.perf_counter()
         state = server.manager.state
@@ -310,6 +326,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         except ProtocolError as exc:
             status = exc.status
             abort = _abort_for(exc)
+        except asyncio.CancelledError:
+            status = CLIENT_CLOSED  # the client cancelled the call (RST_STREAM) or went away
+            raise
         finally:
             stats = (
                 served.stats if served is not None else server.metrics.stats(state.model_name, "")
@@ -375,7 +394,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             )
 
 
-def _sticky_key(state: ServingState, context: grpc.aio.ServicerContext) -> str | None:
+def _sticky_key(state: ServingState, context: CallContext) -> str | None:
     """The value of the routing table's sticky header among the call's metadata."""
     header = state.sticky_header
     if header is None:
@@ -390,27 +409,23 @@ def _no_version(state: ServingState, version: str) -> str:
     return f"model {state.model_name!r} has no version {version!r}"
 
 
-def grpc_server(
-    model_server: ModelServer,
-    host: str,
-    port: int,
-    *,
-    reuse_port: bool = False,
-    max_message_bytes: int | None = None,
-) -> tuple[grpc.aio.Server, int]:
-    """A ``grpc.aio`` server bound to ``host:port`` (not started); and the port it bound."""
-    limit = max_message_bytes or model_server.config.max_body_bytes
-    server = grpc.aio.server(
-        options=[
-            ("grpc.so_reuseport", 1 if reuse_port else 0),
-            ("grpc.max_receive_message_length", limit),
-        ]
+METHODS = (
+    "ServerLive",
+    "ServerReady",
+    "ServerMetadata",
+    "ModelReady",
+    "ModelMetadata",
+    "ModelInfer",
+)
+"""The service's methods this server implements; any other is UNIMPLEMENTED."""
+
+
+def grpc_server(model_server: ModelServer, *, max_message_bytes: int | None = None) -> GrpcServer:
+    """The server's gRPC transport (:mod:`modelops.serving.grpc_transport`) calling an
+    :class:`InferenceServicer` of ``model_server``; not listening yet (``start``). A request
+    message over ``max_message_bytes`` (default: the REST body limit) is RESOURCE_EXHAUSTED."""
+    servicer = InferenceServicer(model_server)
+    return GrpcServer(
+        unary_methods(servicer, SERVICE, METHODS, pb),
+        max_message_bytes=max_message_bytes or model_server.config.max_body_bytes,
     )
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(model_server), server
-    )
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    bound = server.add_insecure_port(address)
-    if bound == 0:
-        raise OSError(f"gRPC could not bind {address}")
-    return server, bound
