@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import grpc
@@ -35,7 +35,8 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from modelops import __version__
-from modelops.serving.grpc_transport import GrpcServer, unary_methods
+from modelops.serving.batcher import Prediction
+from modelops.serving.grpc_transport import Call, GrpcAbort, GrpcServer, unary_methods
 from modelops.serving.metrics import NO_VERSION
 from modelops.serving.protocol import (
     FLOAT_TYPES,
@@ -70,10 +71,6 @@ STATUS_CODES = {
 }
 """The HTTP status of a :class:`ProtocolError` -> the gRPC status code (else INTERNAL)."""
 
-CLIENT_CLOSED = 499
-"""The status counted for a call its client cancelled (nginx's "client closed request"): no
-answer was sent, and it is not the server's error."""
-
 NUMPY_TYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),
     "INT8": np.dtype("<i1"),
@@ -107,13 +104,19 @@ CONTENTS_FIELD = {
 """Which typed ``contents`` field holds a datatype (FP16 has none: raw only)."""
 
 
-class Abort(Exception):
+class Abort(GrpcAbort):
     """An RPC to end with ``code``; ``status`` is the HTTP status counted in the metrics."""
 
     def __init__(self, code: grpc.StatusCode, message: str, status: int) -> None:
-        super().__init__(message)
-        self.code = code
+        super().__init__(code, message)
         self.status = status
+
+
+Metadata = Sequence[tuple[str, str | bytes]]
+"""A call's metadata: (lower-case key, value) pairs."""
+
+Reply = Callable[[Any, "Abort | None"], None]
+"""Answers a call: ``(response, None)`` or ``(None, abort)``."""
 
 
 def _abort_for(exc: ProtocolError) -> Abort:
@@ -123,32 +126,31 @@ def _abort_for(exc: ProtocolError) -> Abort:
 # -- requests -> the REST document ----------------------------------------------------------------
 
 
-def request_document(request: pb.ModelInferRequest) -> dict[str, Any]:
-    """The REST request a gRPC one stands for, so that :func:`decode` checks it the same way."""
+def request_document(request: pb.ModelInferRequest) -> tuple[dict[str, Any], bytes | None]:
+    """The REST request a gRPC one stands for, so that :func:`decode` checks it the same way:
+    the JSON document, and the binary data after it when the tensors come as
+    ``raw_input_contents`` (which then stand for the REST binary tensor extension's
+    ``binary_data_size`` inputs: the same little-endian layout, BYTES length-prefixed)."""
     raw: Sequence[bytes] = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise ProtocolError(
             f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs"
         )
-    inputs = []
+    inputs: list[dict[str, Any]] = []
     for i, tensor in enumerate(request.inputs):
         name = tensor.name or f"inputs[{i}]"
-        datatype = tensor.datatype
-        if datatype not in KNOWN_TYPES:
-            raise ProtocolError(
-                f"input {name!r}: datatype {datatype!r} is not one of "
-                f"{', '.join(sorted(KNOWN_TYPES))}"
-            )
-        shape = list(tensor.shape)
-        if not shape or any(d < 0 for d in shape):
-            raise ProtocolError(f"input {name!r}: 'shape' must be a list of non-negative integers")
+        entry: dict[str, Any] = {
+            "name": tensor.name,
+            "shape": list(tensor.shape),
+            "datatype": tensor.datatype,
+        }
         if raw:
             if tensor.HasField("contents"):
                 raise ProtocolError(f"input {name!r}: both contents and raw_input_contents given")
-            data = _raw_values(name, datatype, raw[i])
+            entry["parameters"] = {"binary_data_size": len(raw[i])}
         else:
-            data = _typed_values(name, datatype, tensor)
-        inputs.append({"name": tensor.name, "shape": shape, "datatype": datatype, "data": data})
+            entry["data"] = _typed_values(name, tensor.datatype, tensor)
+        inputs.append(entry)
     doc: dict[str, Any] = {"inputs": inputs}
     if request.id:
         doc["id"] = request.id
@@ -159,41 +161,14 @@ def request_document(request: pb.ModelInferRequest) -> dict[str, Any]:
         doc["parameters"] = {"probabilities": proba.bool_param}
     if request.outputs:
         doc["outputs"] = [{"name": o.name} for o in request.outputs]
-    return doc
-
-
-def _raw_values(name: str, datatype: str, data: bytes) -> list[Any]:
-    if datatype == "BYTES":
-        return [b.decode("utf-8", "replace") for b in _split_bytes(name, data)]
-    dtype = NUMPY_TYPES[datatype]
-    if len(data) % dtype.itemsize:
-        raise ProtocolError(
-            f"input {name!r}: {len(data)} raw bytes are not a whole number of "
-            f"{datatype} values ({dtype.itemsize} bytes each)"
-        )
-    values = np.frombuffer(data, dtype=dtype)
-    if datatype in FLOAT_TYPES:
-        _finite(name, values)
-        values = values.astype(np.float64)  # tolist() then gives Python floats
-    return list(values.tolist())
-
-
-def _split_bytes(name: str, data: bytes) -> list[bytes]:
-    """Triton's BYTES serialization: each element a 4-byte little-endian length, then bytes."""
-    out, pos, end = [], 0, len(data)
-    while pos < end:
-        if pos + 4 > end:
-            raise ProtocolError(f"input {name!r}: truncated BYTES element length")
-        (size,) = struct.unpack_from("<I", data, pos)
-        pos += 4
-        if pos + size > end:
-            raise ProtocolError(f"input {name!r}: BYTES element runs past the raw contents")
-        out.append(data[pos : pos + size])
-        pos += size
-    return out
+    return doc, (b"".join(raw) if raw else None)
 
 
 def _typed_values(name: str, datatype: str, tensor: Any) -> list[Any]:
+    if datatype not in KNOWN_TYPES:
+        raise ProtocolError(
+            f"input {name!r}: datatype {datatype!r} is not one of {', '.join(sorted(KNOWN_TYPES))}"
+        )
     field = CONTENTS_FIELD.get(datatype)
     if field is None:
         raise ProtocolError(f"input {name!r}: {datatype} can only be sent as raw_input_contents")
@@ -292,6 +267,25 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     # -- inference --------------------------------------------------------------------------------
 
     async def ModelInfer(self, request: Any, context: CallContext) -> Any:
+        """ModelInfer as a coroutine (grpc.aio's servicer interface): :meth:`infer`, awaited."""
+        future: asyncio.Future[tuple[Any, Abort | None]] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+        def reply(response: Any, abort: Abort | None) -> None:
+            if not future.done():
+                future.set_result((response, abort))
+
+        self.infer(request, context.invocation_metadata() or (), reply)
+        response, abort = await future
+        if abort is not None:
+            await context.abort(abort.code, str(abort))
+        return response
+
+    def infer(self, request: Any, metadata: Metadata, reply: Reply) -> None:
+        """ModelInfer: ``reply`` is called once, with the response or the :class:`Abort`, at
+        once for a request refused before it is queued, else from its micro-batch (on the
+        event loop). No task or future per call: this server's transport calls it directly."""
         server = self.server
         started = time.perf_counter()
         state = server.manager.state
@@ -301,40 +295,45 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             server.metrics.stats("", NO_VERSION).grpc.observe(
                 time.perf_counter() - started, exc.status
             )
-            await context.abort(exc.code, str(exc))
+            reply(None, exc)
+            return
         served: ServedVersion | None = None
-        status = 500
         try:
-            doc = request_document(request)
+            doc, binary = request_document(request)
             rid: str | None = doc.get("id")
             routed = not request.model_version
             if routed:
-                served = state.route(_sticky_key(state, context) or rid)
+                served = state.route(_sticky_key(state, metadata) or rid)
             else:
                 served = state.resolve(request.model_version)
             model = served.model
             assert model is not None
-            decoded = decode(doc, model.layout, classifier=model.classifier)
-            wanted = [o.name for o in request.outputs]
-            if not wanted:
-                wanted = [OUTPUT_PREDICT, *([OUTPUT_PROBA] if decoded.proba else [])]
-            prediction = await server.batcher.submit(served, decoded.rows, decoded.n, decoded.proba)
-            response = self._response(state, served, rid, wanted, prediction, decoded.n)
-            status = 200
-            server.answered(state, served, rid, routed, decoded, prediction, doc, None, "grpc")
-            return response
+            decoded = decode(doc, model.layout, classifier=model.classifier, binary=binary)
         except ProtocolError as exc:
-            status = exc.status
-            abort = _abort_for(exc)
-        except asyncio.CancelledError:
-            status = CLIENT_CLOSED  # the client cancelled the call (RST_STREAM) or went away
-            raise
-        finally:
             stats = (
                 served.stats if served is not None else server.metrics.stats(state.model_name, "")
             )
-            stats.grpc.observe(time.perf_counter() - started, status)
-        await context.abort(abort.code, str(abort))
+            stats.grpc.observe(time.perf_counter() - started, exc.status)
+            reply(None, _abort_for(exc))
+            return
+        version = served
+        wanted = [o.name for o in request.outputs] or [
+            OUTPUT_PREDICT,
+            *([OUTPUT_PROBA] if decoded.proba else []),
+        ]
+
+        def done(prediction: Prediction | None, error: ProtocolError | None) -> None:
+            if prediction is None:
+                assert error is not None
+                version.stats.grpc.observe(time.perf_counter() - started, error.status)
+                reply(None, _abort_for(error))
+                return
+            response = self._response(state, version, rid, wanted, prediction, decoded.n)
+            version.stats.grpc.observe(time.perf_counter() - started, 200)
+            reply(response, None)
+            server.answered(state, version, rid, routed, decoded, prediction, doc, binary, "grpc")
+
+        server.batcher.submit_then(version, decoded.rows, decoded.n, decoded.proba, done)
 
     def _response(
         self,
@@ -394,12 +393,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             )
 
 
-def _sticky_key(state: ServingState, context: CallContext) -> str | None:
+def _sticky_key(state: ServingState, metadata: Metadata) -> str | None:
     """The value of the routing table's sticky header among the call's metadata."""
     header = state.sticky_header
     if header is None:
         return None
-    for key, value in context.invocation_metadata() or ():
+    for key, value in metadata:
         if key == header:
             return value if isinstance(value, str) else None
     return None
@@ -425,7 +424,14 @@ def grpc_server(model_server: ModelServer, *, max_message_bytes: int | None = No
     :class:`InferenceServicer` of ``model_server``; not listening yet (``start``). A request
     message over ``max_message_bytes`` (default: the REST body limit) is RESOURCE_EXHAUSTED."""
     servicer = InferenceServicer(model_server)
+    methods = unary_methods(servicer, SERVICE, METHODS, pb)
+
+    def model_infer(request: Any, call: Call) -> None:
+        servicer.infer(request, call.metadata, call.finish)
+
+    # Inference without a task per call: answered from its micro-batch.
+    methods[f"/{SERVICE}/ModelInfer"] = (model_infer, pb.ModelInferRequest.FromString)
     return GrpcServer(
-        unary_methods(servicer, SERVICE, METHODS, pb),
+        methods,
         max_message_bytes=max_message_bytes or model_server.config.max_body_bytes,
     )

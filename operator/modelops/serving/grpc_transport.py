@@ -15,7 +15,8 @@ What it does: one request message and one response message per call (the service
 unary methods); ``identity``, ``gzip`` and ``deflate`` request compression (answers are never
 compressed); flow control both ways; PING, SETTINGS, WINDOW_UPDATE, RST_STREAM (cancels the
 call), GOAWAY; at most :data:`MAX_CONCURRENT_STREAMS` calls at once per connection (more are
-refused with REFUSED_STREAM, which clients retry); a graceful stop (GOAWAY, calls in flight
+refused with REFUSED_STREAM: the call never started, so it is safe to retry; clients that
+read the SETTINGS queue them instead); a graceful stop (GOAWAY, calls in flight
 answered). Not done: TLS, server push (never used by gRPC), ``grpc-timeout`` deadlines (the
 calls are short), idle-connection timeouts, answers' compression.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import struct
 import zlib
@@ -71,13 +73,18 @@ class GrpcAbort(Exception):
 
 
 class Call:
-    """The context a servicer method gets: the call's metadata, and ``abort``, as grpc.aio's
-    ``ServicerContext`` offers them."""
+    """The context a method gets: the call's metadata, and ``abort``, as grpc.aio's
+    ``ServicerContext`` offers them; and :meth:`finish`, for a method that answers later
+    without a coroutine."""
 
-    __slots__ = ("metadata",)
+    __slots__ = ("finish", "metadata")
 
-    def __init__(self, metadata: list[tuple[str, str]]) -> None:
+    def __init__(
+        self, metadata: list[tuple[str, str]], finish: Callable[[Any, GrpcAbort | None], None]
+    ) -> None:
         self.metadata = metadata
+        self.finish = finish
+        """Answers the call: ``(response, None)`` or ``(None, abort)``; on the event loop, once."""
 
     def invocation_metadata(self) -> list[tuple[str, str]]:
         """The request's headers other than pseudo-headers, as (lower-case name, value)."""
@@ -88,8 +95,10 @@ class Call:
         raise GrpcAbort(code, details)
 
 
-Method = tuple[Callable[[Any, Call], Awaitable[Any]], Callable[[bytes], Any]]
-"""A unary method: the servicer's coroutine function and its request message's parser."""
+Method = tuple[Callable[[Any, Call], Awaitable[Any] | None], Callable[[bytes], Any]]
+"""A unary method: its handler and its request message's parser. The handler returns an
+awaitable of the response (run as a task; :class:`GrpcAbort` ends the call with its status), or
+None after arranging for ``call.finish`` to be called."""
 
 
 def unary_methods(
@@ -143,9 +152,12 @@ OK_TRAILERS = _literal(b"grpc-status", b"0")
 
 
 def percent_encode(message: str) -> bytes:
-    """``grpc-message``: UTF-8, with bytes outside 0x20-0x7E and ``%`` percent-encoded."""
+    """``grpc-message``: UTF-8, with bytes outside 0x20-0x7E and ``%`` percent-encoded (text
+    that is not valid Unicode, a lone surrogate, as a backslash escape: never an error, so
+    that a call is always answered)."""
     return b"".join(
-        bytes([b]) if 0x20 <= b <= 0x7E and b != 0x25 else b"%%%02X" % b for b in message.encode()
+        bytes([b]) if 0x20 <= b <= 0x7E and b != 0x25 else b"%%%02X" % b
+        for b in message.encode(errors="backslashreplace")
     )
 
 
@@ -605,27 +617,35 @@ class _Connection(asyncio.Protocol):
             )
             return
         stream.body = bytearray()
-        stream.task = asyncio.get_running_loop().create_task(
-            self._call(stream, method[0], request, Call(head.metadata))
-        )
-
-    async def _call(
-        self,
-        stream: _Stream,
-        handler: Callable[[Any, Call], Awaitable[Any]],
-        request: Any,
-        call: Call,
-    ) -> None:
+        call = Call(head.metadata, functools.partial(self._finish, stream))
         try:
-            response = await handler(request, call)
+            pending = method[0](request, call)
         except GrpcAbort as exc:
             self._answer_status(stream, exc.code, str(exc))
             return
+        except Exception:
+            logger.exception("gRPC call %s failed", head.path)
+            self._answer_status(stream, grpc.StatusCode.INTERNAL, "internal error")
+            return
+        if pending is not None:
+            stream.task = asyncio.get_running_loop().create_task(self._call(stream, pending))
+
+    async def _call(self, stream: _Stream, pending: Awaitable[Any]) -> None:
+        try:
+            response = await pending
         except asyncio.CancelledError:
             return
+        except GrpcAbort as exc:
+            self._finish(stream, None, exc)
         except Exception:
             logger.exception("gRPC call %s failed", stream.head.path)
             self._answer_status(stream, grpc.StatusCode.INTERNAL, "internal error")
+        else:
+            self._finish(stream, response, None)
+
+    def _finish(self, stream: _Stream, response: Any, abort: GrpcAbort | None) -> None:
+        if abort is not None:
+            self._answer_status(stream, abort.code, str(abort))
             return
         message = response.SerializeToString()
         self._answer(stream, b"\x00" + len(message).to_bytes(4) + message)
