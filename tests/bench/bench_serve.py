@@ -1102,17 +1102,21 @@ async def main_async(args: argparse.Namespace) -> int:
         )
         routing = tmp / "routing.json"
         write_json(routing, table)
+
+        def server_process(log: str, grpc_port: int) -> ServerProcess:
+            return ServerProcess(
+                routing,
+                s3.endpoint,
+                s3.access_key,
+                s3.secret_key,
+                tmp / log,
+                workers=args.workers,
+                sketch_interval=5.0,
+                extra_args=["--grpc-port", str(grpc_port)],
+            )
+
         grpc_port = free_port()
-        server = ServerProcess(
-            routing,
-            s3.endpoint,
-            s3.access_key,
-            s3.secret_key,
-            tmp / "server.log",
-            workers=args.workers,
-            sketch_interval=5.0,
-            extra_args=["--grpc-port", str(grpc_port)],
-        )
+        server = server_process("server.log", grpc_port)
         # The same server with POST /bench/noop answered by its HTTP layer's handler, for the
         # no-op comparison (bench_http_stack.run_handwritten: `python -m modelops.serving`).
         server.args[1:3] = [
@@ -1172,16 +1176,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 noop_comparison(wrk, server.url, pid, body(row), args)
             if "grpc" in args.parts:
                 aio_port = free_port()
-                aio = ServerProcess(
-                    routing,
-                    s3.endpoint,
-                    s3.access_key,
-                    s3.secret_key,
-                    tmp / "server-aio.log",
-                    workers=args.workers,
-                    sketch_interval=5.0,
-                    extra_args=["--grpc-port", str(aio_port)],
-                )
+                aio = server_process("server-aio.log", aio_port)
                 aio.args[1:3] = [__file__, "--aio-grpc-server"]
                 aio.start()
                 try:

@@ -24,7 +24,6 @@ calls are short), idle-connection timeouts, answers' compression.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import struct
@@ -35,6 +34,8 @@ from typing import Any, NoReturn
 import grpc
 import hpack
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
+
+from modelops.serving.listener import Listener
 
 logger = logging.getLogger(__name__)
 
@@ -256,47 +257,28 @@ class _ConnectionError(Exception):
         self.code = code
 
 
-class GrpcServer:
+class GrpcServer(Listener["_Connection"]):
     """Listens for gRPC calls to ``methods`` (path -> :data:`Method`); ``max_message_bytes``
     bounds one request message (after decompression): more is RESOURCE_EXHAUSTED."""
 
     def __init__(self, methods: dict[str, Method], *, max_message_bytes: int) -> None:
+        super().__init__()
         self.methods = methods
         self.max_message_bytes = max_message_bytes
-        self.connections: set[_Connection] = set()
-        self.closing = False
-        self._server: asyncio.Server | None = None
-        self._drained = asyncio.Event()
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
         """Listens on ``host:port`` (0: any free port); returns the port. Raises OSError."""
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Connection(self), host, port, reuse_port=reuse_port, backlog=2048
-        )
-        return int(self._server.sockets[0].getsockname()[1])
+        _, bound = await self.listen(lambda: _Connection(self), host, port, reuse_port=reuse_port)
+        return bound
 
     async def stop(self, grace: float) -> None:
         """Stops accepting, sends GOAWAY on every connection, lets calls in flight finish (up
         to ``grace`` seconds), then closes what is left."""
-        self.closing = True
-        if self._server is not None:
-            self._server.close()
-        for conn in list(self.connections):
-            conn.go_away(NO_ERROR)
-        if self.connections:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._drained.wait(), grace)
-        for conn in list(self.connections):
-            conn.abort()
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+        await self.drain(grace, _go_away)
 
-    def forget(self, conn: _Connection) -> None:
-        self.connections.discard(conn)
-        if self.closing and not self.connections:
-            self._drained.set()
+
+def _go_away(conn: _Connection) -> None:
+    conn.go_away(NO_ERROR)
 
 
 class _Connection(asyncio.Protocol):

@@ -25,6 +25,7 @@ from urllib.parse import unquote
 
 import httptools
 
+from modelops.serving.listener import Listener
 from modelops.serving.protocol import error_body
 
 logger = logging.getLogger(__name__)
@@ -94,7 +95,12 @@ class _Clock:
 _clock = _Clock()
 
 
-class HttpServer:
+def _finish_then_close(conn: _Connection) -> None:
+    conn.done = True  # no new requests; what is in flight is answered, then closed
+    conn.close_if_idle()
+
+
+class HttpServer(Listener["_Connection"]):
     """Listens, tracks connections, drains on close."""
 
     def __init__(
@@ -105,6 +111,7 @@ class HttpServer:
         idle_timeout: float = 75.0,
         request_timeout: float = 60.0,
     ) -> None:
+        super().__init__()
         self.handler = handler
         self.max_body = max_body
         self.idle_timeout = idle_timeout
@@ -112,46 +119,22 @@ class HttpServer:
         """A request must arrive whole within this long of its first byte."""
         self.sticky_header: bytes | None = None
         """A header (lower-case) whose value becomes ``Request.route_key``; settable any time."""
-        self.connections: set[_Connection] = set()
-        self.closing = False
-        self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        self._drained = asyncio.Event()
 
     async def start(
         self, host: str, port: int, *, reuse_port: bool = False, backlog: int = 2048
     ) -> tuple[str, int]:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
+        bound = await self.listen(
             lambda: _Connection(self), host, port, reuse_port=reuse_port, backlog=backlog
         )
         self._sweeper = asyncio.create_task(self._sweep(), name="http-idle")
-        bound = self._server.sockets[0].getsockname()
-        return str(bound[0]), int(bound[1])
+        return bound
 
     async def close(self, drain_timeout: float) -> None:
         """Stop accepting, let in-flight requests finish (up to ``drain_timeout``), close."""
-        self.closing = True
-        if self._server is not None:
-            self._server.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
-        for conn in list(self.connections):
-            conn.done = True  # no new requests; what is in flight is answered, then closed
-            conn.close_if_idle()
-        if self.connections:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._drained.wait(), drain_timeout)
-        for conn in list(self.connections):
-            conn.abort()
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
-
-    def forget(self, conn: _Connection) -> None:
-        self.connections.discard(conn)
-        if self.closing and not self.connections:
-            self._drained.set()
+        await self.drain(drain_timeout, _finish_then_close)
 
     async def _sweep(self) -> None:
         period = max(0.5, min(self.idle_timeout / 4, self.request_timeout / 4, 10.0))

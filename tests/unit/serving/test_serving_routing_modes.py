@@ -72,17 +72,8 @@ def test_canary_mode_has_no_shadows() -> None:
     assert {state.route(f"id-{i}").name for i in range(200)} == {"iris-v1", "iris-v2"}
 
 
-class Context:
-    def __init__(self, metadata: tuple[tuple[str, Any], ...]) -> None:
-        self.metadata = metadata
-
-    def invocation_metadata(self) -> tuple[tuple[str, Any], ...]:
-        return self.metadata
-
-
 def test_grpc_reads_the_sticky_header_from_metadata_without_regard_to_case() -> None:
     t = table(stickyHeader="X-User")
     state = build_state(t, servable(t))
-    context = Context((("user-agent", "grpc"), ("x-user", "alice")))
-    assert _sticky_key(state, context) == "alice"
-    assert _sticky_key(state, Context((("x-other", "bob"),))) is None
+    assert _sticky_key(state, (("user-agent", "grpc"), ("x-user", "alice"))) == "alice"
+    assert _sticky_key(state, (("x-other", "bob"),)) is None
