@@ -62,7 +62,9 @@ MAX_HEADER_BLOCK = 65_536
 ONE_MESSAGE = "a unary call takes exactly one request message"
 MAX_CACHED_HEADS = 64
 CONNECTION_WINDOW = 16 * 1024 * 1024
-"""What this server lets a client send ahead on a connection before it is read."""
+"""What this server lets a client send on a connection ahead of the calls it has started: DATA
+of calls still being received is given back only once the call is dispatched, so this bounds
+the memory a connection's unfinished requests hold."""
 
 
 class GrpcAbort(Exception):
@@ -230,6 +232,7 @@ class _Stream:
         "answered",
         "body",
         "head",
+        "held",
         "id",
         "pending",
         "receiving",
@@ -249,6 +252,8 @@ class _Stream:
         """The client has not ended its side yet."""
         self.answered = False
         """The answer's END_STREAM was sent or queued."""
+        self.held = 0
+        """DATA bytes received and not yet given back to the connection's window."""
 
 
 class _ConnectionError(Exception):
@@ -261,10 +266,22 @@ class GrpcServer(Listener["_Connection"]):
     """Listens for gRPC calls to ``methods`` (path -> :data:`Method`); ``max_message_bytes``
     bounds one request message (after decompression): more is RESOURCE_EXHAUSTED."""
 
-    def __init__(self, methods: dict[str, Method], *, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        methods: dict[str, Method],
+        *,
+        max_message_bytes: int,
+        connection_window: int = CONNECTION_WINDOW,
+    ) -> None:
         super().__init__()
         self.methods = methods
         self.max_message_bytes = max_message_bytes
+        # At least one whole message, or a call of the largest size could never be sent,
+        # and never below the protocol's initial window, which a WINDOW_UPDATE cannot lower.
+        self.connection_window = min(
+            MAX_WINDOW, max(connection_window, max_message_bytes + 1024, DEFAULT_WINDOW)
+        )
+        """Bytes (see :data:`CONNECTION_WINDOW`)."""
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
         """Listens on ``host:port`` (0: any free port); returns the port. Raises OSError."""
@@ -300,7 +317,8 @@ class _Connection(asyncio.Protocol):
         self.peer_max_frame = MAX_FRAME_SIZE
         self.send_window = DEFAULT_WINDOW
         self.received = 0
-        """DATA bytes received since the last connection WINDOW_UPDATE this server sent."""
+        """DATA bytes consumed (dispatched or dropped) since the last connection WINDOW_UPDATE
+        this server sent."""
         self.blocked: dict[int, _Stream] = {}
         """Streams waiting for window to send their answer, in the order they blocked."""
         self.going_away = False
@@ -319,9 +337,10 @@ class _Connection(asyncio.Protocol):
             SETTINGS_INITIAL_WINDOW_SIZE, min(MAX_WINDOW, self.server.max_message_bytes + 1024),
             SETTINGS_MAX_HEADER_LIST_SIZE, MAX_HEADER_BLOCK,
         )  # fmt: skip
+        raised = self.server.connection_window - DEFAULT_WINDOW
         self._write(
             _frame(SETTINGS, 0, 0, settings)
-            + _frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", CONNECTION_WINDOW - DEFAULT_WINDOW))
+            + (_frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", raised)) if raised else b"")
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -371,7 +390,7 @@ class _Connection(asyncio.Protocol):
                 if self.closed:
                     return
             del buf[:pos]
-            if self.received >= CONNECTION_WINDOW // 2:
+            if self.received >= self.server.connection_window // 2:
                 self.out.append(_frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", self.received)))
                 self.received = 0
         except _ConnectionError as exc:
@@ -422,16 +441,20 @@ class _Connection(asyncio.Protocol):
         # Frames of unknown types are ignored (RFC 9113 section 4.1).
 
     def _data(self, flags: int, stream_id: int, payload: bytes) -> None:
-        self.received += len(payload)
         if stream_id == 0 or stream_id > self.last_stream:
             raise _ConnectionError(PROTOCOL_ERROR, f"DATA on idle stream {stream_id}")
+        size = len(payload)  # flow control counts padding too
         if flags & PADDED:
             payload = _unpad(payload)
         stream = self.streams.get(stream_id)
         if stream is None or not stream.receiving:
             # Closed, reset, or answered early: the client may still be sending.
+            self.received += size
             return
-        if not stream.answered:
+        if stream.answered:
+            self.received += size
+        else:
+            stream.held += size
             stream.body += payload
             body = stream.body
             # The length prefix says early whether the message is over the limit.
@@ -445,6 +468,12 @@ class _Connection(asyncio.Protocol):
                 self._forget_if_done(stream)
             else:
                 self._dispatch(stream)
+
+    def _release(self, stream: _Stream) -> None:
+        """The stream's DATA is consumed: its bytes count towards the next connection
+        WINDOW_UPDATE."""
+        self.received += stream.held
+        stream.held = 0
 
     def _too_large(self) -> str:
         return f"request message larger than {self.server.max_message_bytes} bytes"
@@ -571,8 +600,10 @@ class _Connection(asyncio.Protocol):
     def _reset(self, stream_id: int, code: int | None = None) -> None:
         stream = self.streams.pop(stream_id, None)
         self.blocked.pop(stream_id, None)
-        if stream is not None and stream.task is not None:
-            stream.task.cancel()
+        if stream is not None:
+            self._release(stream)
+            if stream.task is not None:
+                stream.task.cancel()
         if code is not None:
             self._send(_frame(RST_STREAM, 0, stream_id, struct.pack(">I", code)))
         self._close_if_done()
@@ -580,6 +611,7 @@ class _Connection(asyncio.Protocol):
     # -- calls -----------------------------------------------------------------------------------
 
     def _dispatch(self, stream: _Stream) -> None:
+        self._release(stream)
         head = stream.head
         method = self.server.methods.get(head.path)
         if method is None:
@@ -705,6 +737,7 @@ class _Connection(asyncio.Protocol):
         """Answers before the request is whole, then asks the client to stop sending it
         (RST_STREAM NO_ERROR, RFC 9113 section 8.1)."""
         stream.body = bytearray()
+        self._release(stream)
         self._answer_status(stream, code, message)
         if stream.receiving:
             self._send(_frame(RST_STREAM, 0, stream.id, struct.pack(">I", NO_ERROR)))

@@ -631,6 +631,38 @@ async def test_a_ping_is_acknowledged_with_its_payload(h2client: H2Client) -> No
     assert acks[0].ping_data == b"\x01pingme\xff"
 
 
+async def test_the_connection_window_is_given_back_only_for_calls_dispatched() -> None:
+    # Unfinished requests must not get the window back, or a client could make a connection
+    # hold any amount of partial bodies.
+    window = 65_535  # the protocol's initial window: the least there can be
+    server = GrpcServer(
+        unary_methods(FakeServicer(), SERVICE, NAMES, pb),
+        max_message_bytes=LIMIT,
+        connection_window=1,
+    )
+    port = await server.start("127.0.0.1", 0)
+    client = await H2Client.open(port)
+    try:
+        await client.until(lambda ev: client.conn.outbound_flow_control_window == window)
+        chunk = 6000  # under LIMIT; six of them pass half the window, where an update is due
+        streams = []
+        for _ in range(6):
+            stream = client.request(INFER)
+            client.conn.send_data(stream, message(bytes(chunk - 5)), end_stream=False)
+            streams.append(stream)
+        client.conn.ping(b"12345678")  # answered after the DATA before it is processed
+        client.flush()
+        await client.until(lambda ev: any(isinstance(e, h2.events.PingAckReceived) for e in ev))
+        assert client.conn.outbound_flow_control_window == window - 6 * chunk
+        for stream in streams:
+            client.conn.send_data(stream, b"", end_stream=True)
+        client.flush()
+        await client.until(lambda ev: client.conn.outbound_flow_control_window == window)
+    finally:
+        await client.close()
+        await server.stop(1.0)
+
+
 async def test_two_messages_in_a_unary_request_are_invalid_argument(h2client: H2Client) -> None:
     stream = h2client.call(LIVE, LIVE_MESSAGE + LIVE_MESSAGE)
     answer = await h2client.answer(stream)
