@@ -624,6 +624,25 @@ def grpc_load_worker(port: int, threads: int, seconds: float) -> None:
     print(json.dumps({"latencies": latencies, "errors": errors[0]}))
 
 
+def _load_run(
+    latencies: list[float], seconds: float, server_cpu: float, client_cpu: float
+) -> dict[str, Any]:
+    """The fields of :func:`run_wrk` from a load run's sorted latencies (ms) over ``seconds``
+    and the CPU seconds server and client used; no errors."""
+    ok = len(latencies)
+    return {
+        "requests": ok,
+        "seconds": seconds,
+        "rps": ok / seconds,
+        "p50": latencies[ok // 2],
+        "p99": latencies[min(ok - 1, int(ok * 0.99))],
+        "errors": 0,
+        "non2xx": 0,
+        "server_us": server_cpu / ok * 1e6,
+        "wrk_us": client_cpu / ok * 1e6,
+    }
+
+
 def run_python_grpc(port: int, concurrency: int, seconds: float, server_pid: int) -> dict[str, Any]:
     """The fallback load generator: as many processes as CPUs, ``concurrency`` tritonclient
     gRPC clients in all; the same fields as :func:`run_wrk`."""
@@ -648,15 +667,8 @@ def run_python_grpc(port: int, concurrency: int, seconds: float, server_pid: int
     if not ok:
         raise Unavailable("the Python gRPC load loop got no answer")
     return {
-        "requests": ok,
-        "seconds": seconds,
-        "rps": ok / seconds,
-        "p50": latencies[ok // 2],
-        "p99": latencies[min(ok - 1, int(ok * 0.99))],
+        **_load_run(latencies, seconds, server_cpu, client_cpu),
         "errors": sum(out["errors"] for out in outputs),
-        "non2xx": 0,
-        "server_us": server_cpu / ok * 1e6,
-        "wrk_us": client_cpu / ok * 1e6,
         "elapsed": elapsed,
     }
 
@@ -739,17 +751,10 @@ def run_h2load(
     counted = [a - b for a, b in zip(grpc_counts(metrics_url), counted_before, strict=True)]
     ok = len(durations)
     return {
-        "requests": ok,
-        "seconds": seconds,
-        "rps": ok / seconds,
-        "p50": durations[ok // 2],
-        "p99": durations[min(ok - 1, int(ok * 0.99))],
+        **_load_run(durations, seconds, server_cpu, client_cpu),
         # Calls h2load saw answered that the server did not count as answered without error.
         "errors": int(counted[1]) + max(0, ok - int(counted[0])),
         "error_kinds": {"gRPC errors counted": int(counted[1])} if counted[1] else {},
-        "non2xx": 0,
-        "server_us": server_cpu / ok * 1e6,
-        "wrk_us": client_cpu / ok * 1e6,
     }
 
 
