@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import kopf
@@ -151,42 +152,49 @@ async def test_a_wake_runs_the_next_pass_at_once_and_a_stop_ends_the_loop() -> N
     assert len(loop.wakeups) == 0  # forgotten once stopped
 
 
-async def test_a_wake_during_a_pass_is_not_lost() -> None:
-    setter, stopped = flag()
-    count = 0
+def counted(effect: Callable[[int], None]) -> tuple[list[int], Callable[[], Awaitable[float]]]:
+    """A pass that calls ``effect(n)`` on its n-th call (which may raise), then asks for an
+    hour; and the list of its calls so far."""
+    calls: list[int] = []
 
     async def one_pass() -> float:
-        nonlocal count
-        count += 1
-        if count == 1:
-            loop.wakeups.wake("k2")  # e.g. a watch event while the pass awaits the API
+        calls.append(len(calls) + 1)
+        effect(len(calls))
         return 3600.0
 
+    return calls, one_pass
+
+
+async def test_a_wake_during_a_pass_is_not_lost() -> None:
+    setter, stopped = flag()
+
+    def effect(n: int) -> None:
+        if n == 1:
+            loop.wakeups.wake("k2")  # e.g. a watch event while the pass awaits the API
+
+    calls, one_pass = counted(effect)
     task = asyncio.create_task(loop.run("k2", stopped, one_pass))
     await asyncio.sleep(0.1)
-    assert count == 2
+    assert len(calls) == 2
     setter.set()
     await asyncio.wait_for(task, 1)
 
 
 async def test_a_failing_pass_is_retried_after_a_back_off_and_the_loop_survives() -> None:
     setter, stopped = flag()
-    count = 0
 
-    async def one_pass() -> float:
-        nonlocal count
-        count += 1
-        if count == 1:
+    def effect(n: int) -> None:
+        if n == 1:
             raise kopf.TemporaryError("API unavailable", delay=0.05)
-        if count == 2:
+        if n == 2:
             raise RuntimeError("a bug")  # retried after RETRY_FIRST
-        return 3600.0
 
+    calls, one_pass = counted(effect)
     task = asyncio.create_task(loop.run("k3", stopped, one_pass))
     await asyncio.sleep(0.2)
-    assert count == 2
+    assert len(calls) == 2
     await asyncio.sleep(loop.RETRY_FIRST)
-    assert count == 3
+    assert len(calls) == 3
     setter.set()
     await asyncio.wait_for(task, 1)
 

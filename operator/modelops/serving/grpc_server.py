@@ -408,15 +408,10 @@ def _no_version(state: ServingState, version: str) -> str:
     return f"model {state.model_name!r} has no version {version!r}"
 
 
-METHODS = (
-    "ServerLive",
-    "ServerReady",
-    "ServerMetadata",
-    "ModelReady",
-    "ModelMetadata",
-    "ModelInfer",
-)
-"""The service's methods this server implements; any other is UNIMPLEMENTED."""
+COROUTINE_METHODS = ("ServerLive", "ServerReady", "ServerMetadata", "ModelReady", "ModelMetadata")
+"""The service's methods served as coroutines; with ModelInfer (served by
+:meth:`InferenceServicer.infer`, without a task per call), all this server implements: any
+other is UNIMPLEMENTED."""
 
 
 def grpc_server(model_server: ModelServer, *, max_message_bytes: int | None = None) -> GrpcServer:
@@ -424,14 +419,14 @@ def grpc_server(model_server: ModelServer, *, max_message_bytes: int | None = No
     :class:`InferenceServicer` of ``model_server``; not listening yet (``start``). A request
     message over ``max_message_bytes`` (default: the REST body limit) is RESOURCE_EXHAUSTED."""
     servicer = InferenceServicer(model_server)
-    methods = unary_methods(servicer, SERVICE, METHODS, pb)
 
     def model_infer(request: Any, call: Call) -> None:
         servicer.infer(request, call.metadata, call.finish)
 
-    # Inference without a task per call: answered from its micro-batch.
-    methods[f"/{SERVICE}/ModelInfer"] = (model_infer, pb.ModelInferRequest.FromString)
     return GrpcServer(
-        methods,
+        {
+            **unary_methods(servicer, SERVICE, COROUTINE_METHODS, pb),
+            f"/{SERVICE}/ModelInfer": (model_infer, pb.ModelInferRequest.FromString),
+        },
         max_message_bytes=max_message_bytes or model_server.config.max_body_bytes,
     )
